@@ -1,0 +1,112 @@
+"""An exact L2 order book for one symbol.
+
+Pure: no I/O, no bytewax. Prices and quantities are integer units (see :mod:`market_data.events`);
+each side is a dict ``price -> quantity`` plus a ``SortedList`` of its prices, which measured about
+twice as fast as ``SortedDict`` for Binance-sized updates. Bid prices are kept negated in their
+sorted list so that index 0 is the best level on both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sortedcontainers import SortedList
+
+from market_data.events import Level
+
+DEFAULT_MAX_LEVELS = 5_000
+"""Levels kept per side; the ones farthest from the touch are pruned past this."""
+
+
+class OrderBook:
+    """Absolute-quantity L2 book: quantity 0 removes a level; removing an absent level is normal."""
+
+    __slots__ = ("_ask_keys", "_asks", "_bid_keys", "_bids", "max_levels", "pruned")
+
+    def __init__(self, max_levels: int = DEFAULT_MAX_LEVELS) -> None:
+        if max_levels < 1:
+            raise ValueError(f"max_levels must be positive; got {max_levels}")
+        self.max_levels = max_levels
+        self._bids: dict[int, int] = {}
+        self._asks: dict[int, int] = {}
+        self._bid_keys: SortedList = SortedList()  # negated prices
+        self._ask_keys: SortedList = SortedList()
+        self.pruned = 0  # levels dropped for being beyond max_levels, over the book's life
+
+    def clear(self) -> None:
+        """Remove every level."""
+        self._bids.clear()
+        self._asks.clear()
+        self._bid_keys.clear()
+        self._ask_keys.clear()
+
+    def replace(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Replace the whole book by a snapshot (levels of quantity 0 are skipped)."""
+        self._bids = {p: q for p, q in bids if q}
+        self._asks = {p: q for p, q in asks if q}
+        self._bid_keys = SortedList(-p for p in self._bids)
+        self._ask_keys = SortedList(self._asks)
+        self._prune()
+
+    def apply(self, bids: Iterable[Level], asks: Iterable[Level]) -> None:
+        """Apply absolute quantities for the changed levels of one update."""
+        levels, keys = self._bids, self._bid_keys
+        for price, qty in bids:
+            if qty:
+                if price not in levels:
+                    keys.add(-price)
+                levels[price] = qty
+            elif levels.pop(price, None) is not None:
+                keys.remove(-price)
+        levels, keys = self._asks, self._ask_keys
+        for price, qty in asks:
+            if qty:
+                if price not in levels:
+                    keys.add(price)
+                levels[price] = qty
+            elif levels.pop(price, None) is not None:
+                keys.remove(price)
+        if len(self._bids) > self.max_levels or len(self._asks) > self.max_levels:
+            self._prune()
+
+    def _prune(self) -> None:
+        while len(self._bid_keys) > self.max_levels:
+            del self._bids[-self._bid_keys.pop()]
+            self.pruned += 1
+        while len(self._ask_keys) > self.max_levels:
+            del self._asks[self._ask_keys.pop()]
+            self.pruned += 1
+
+    def top_bids(self, n: int) -> tuple[Level, ...]:
+        """The best ``n`` bids, highest price first."""
+        levels = self._bids
+        return tuple((-k, levels[-k]) for k in self._bid_keys.islice(0, n))
+
+    def top_asks(self, n: int) -> tuple[Level, ...]:
+        """The best ``n`` asks, lowest price first."""
+        levels = self._asks
+        return tuple((k, levels[k]) for k in self._ask_keys.islice(0, n))
+
+    def best_bid(self) -> Level | None:
+        """The highest bid, or ``None`` when there are no bids."""
+        return (-self._bid_keys[0], self._bids[-self._bid_keys[0]]) if self._bid_keys else None
+
+    def best_ask(self) -> Level | None:
+        """The lowest ask, or ``None`` when there are no asks."""
+        return (self._ask_keys[0], self._asks[self._ask_keys[0]]) if self._ask_keys else None
+
+    def is_crossed(self) -> bool:
+        """True when the best bid is at or above the best ask (impossible on a correct book)."""
+        return bool(self._bid_keys and self._ask_keys) and -self._bid_keys[0] >= self._ask_keys[0]
+
+    def depth(self) -> tuple[int, int]:
+        """Number of bid and ask levels."""
+        return len(self._bids), len(self._asks)
+
+    def bids(self) -> dict[int, int]:
+        """A copy of every bid level."""
+        return dict(self._bids)
+
+    def asks(self) -> dict[int, int]:
+        """A copy of every ask level."""
+        return dict(self._asks)

@@ -1,0 +1,226 @@
+"""Parse raw Binance frames and REST bodies into frozen events.
+
+Pure: no I/O, no bytewax. Every malformed input becomes a :class:`FrameError` with a reason; nothing
+here raises on bad data except :func:`to_units`, whose :class:`ParseError` the callers convert.
+
+A USD-M Futures depth frame as received on ``/public/stream`` (combined-stream envelope)::
+
+    {"stream":"sushiusdt@depth@100ms","data":{"e":"depthUpdate","E":1626992741037,
+     "T":1626992741024,"s":"SUSHIUSDT","U":600859599090,"u":600859600917,"pu":600859598061,
+     "b":[["7.5040","813"],["7.6090","0"],["7.6110","2"]],"a":[["7.6150","1563"]]}}
+
+An aggTrade frame::
+
+    {"stream":"sushiusdt@aggTrade","data":{"e":"aggTrade","E":1626992741173,"a":93287425,
+     "s":"SUSHIUSDT","p":"7.6120","q":"15","f":164427413,"l":164427413,"T":1626992741010,
+     "m":false}}
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from market_data import ParseError
+from market_data.events import (
+    DECIMALS,
+    DepthDelta,
+    DepthSnapshot,
+    FrameError,
+    Ignored,
+    Level,
+    SourceEvent,
+    Trade,
+)
+
+_POW10 = tuple(10**i for i in range(DECIMALS + 1))
+EXCERPT_CHARS = 200
+
+# Event types Binance sends that this service does not use: counted, not errors.
+KNOWN_UNUSED = frozenset(
+    {
+        "bookTicker",
+        "kline",
+        "markPriceUpdate",
+        "24hrTicker",
+        "24hrMiniTicker",
+        "forceOrder",
+        "trade",
+        "continuous_kline",
+        "compositeIndex",
+        "contractInfo",
+        "assetIndexUpdate",
+    }
+)
+
+
+def to_units(text: str) -> int:
+    """Convert a decimal string such as ``"7.6110"`` to integer units of ``1e-8``, exactly.
+
+    Raises :class:`ParseError` for anything that is not a plain non-negative decimal number or that
+    has a non-zero digit past the eighth decimal.
+    """
+    if type(text) is not str:
+        raise ParseError(f"expected a decimal string; got {text!r}")
+    dot = text.find(".")
+    if dot < 0:
+        whole, frac = text, ""
+    else:
+        whole, frac = text[:dot], text[dot + 1 :]
+    if len(frac) > DECIMALS:
+        extra = frac[DECIMALS:]
+        if extra.strip("0"):
+            raise ParseError(f"more than {DECIMALS} decimals in {text!r}")
+        frac = frac[:DECIMALS]
+    digits = whole + frac
+    # isdigit() alone accepts non-ASCII digits; isascii() rules them out (and signs, spaces, "_").
+    if not digits or not digits.isascii() or not digits.isdigit():
+        raise ParseError(f"expected a non-negative decimal string; got {text!r}")
+    return int(digits) * _POW10[DECIMALS - len(frac)]
+
+
+def _levels(raw: Any, side: str) -> tuple[Level, ...]:
+    if not isinstance(raw, list):
+        raise ParseError(f"{side} must be a list of [price, quantity]; got {type(raw).__name__}")
+    out = []
+    for entry in raw:
+        if not isinstance(entry, list) or len(entry) < 2:
+            raise ParseError(f"{side} level must be [price, quantity]; got {entry!r}")
+        out.append((to_units(entry[0]), to_units(entry[1])))
+    return tuple(out)
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    if type(value) is not int:
+        raise ParseError(f"field {key!r} must be an integer; got {value!r}")
+    return value
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if type(value) is not str or not value:
+        raise ParseError(f"field {key!r} must be a non-empty string; got {value!r}")
+    return value
+
+
+def _excerpt(frame: str | bytes) -> str:
+    text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def parse_depth(data: dict[str, Any], recv_time: float, recv_ns: int = 0) -> DepthDelta:
+    """Build a :class:`DepthDelta` from the ``data`` object of a ``depthUpdate`` event."""
+    pu = data.get("pu")
+    if pu is not None and type(pu) is not int:
+        raise ParseError(f"field 'pu' must be an integer; got {pu!r}")
+    first, final = _int(data, "U"), _int(data, "u")
+    if first > final:
+        raise ParseError(f"first update id U={first} is after final update id u={final}")
+    return DepthDelta(
+        symbol=_str(data, "s"),
+        first_update_id=first,
+        final_update_id=final,
+        prev_final_update_id=pu,
+        event_time_ms=_int(data, "E"),
+        bids=_levels(data.get("b"), "bids"),
+        asks=_levels(data.get("a"), "asks"),
+        recv_time=recv_time,
+        recv_ns=recv_ns,
+    )
+
+
+def parse_agg_trade(data: dict[str, Any], recv_time: float, recv_ns: int = 0) -> Trade:
+    """Build a :class:`Trade` from the ``data`` object of an ``aggTrade`` event."""
+    maker = data.get("m")
+    if type(maker) is not bool:
+        raise ParseError(f"field 'm' must be a boolean; got {maker!r}")
+    return Trade(
+        symbol=_str(data, "s"),
+        trade_id=_int(data, "a"),
+        price=to_units(data.get("p")),  # type: ignore[arg-type]
+        quantity=to_units(data.get("q")),  # type: ignore[arg-type]
+        trade_time_ms=_int(data, "T"),
+        is_buyer_maker=maker,
+        event_time_ms=_int(data, "E"),
+        recv_time=recv_time,
+        recv_ns=recv_ns,
+    )
+
+
+def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> SourceEvent:
+    """Parse one WebSocket text frame, enveloped (``{"stream","data"}``) or bare.
+
+    Returns a :class:`DepthDelta` or :class:`Trade`; an :class:`Ignored` for subscription answers
+    and event types the service does not use; a :class:`FrameError` for anything malformed.
+    """
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        return FrameError(f"invalid JSON: {exc}", _excerpt(frame), recv_time=recv_time)
+    if not isinstance(msg, dict):
+        return FrameError(
+            f"expected a JSON object; got {type(msg).__name__}",
+            _excerpt(frame),
+            recv_time=recv_time,
+        )
+    data = msg.get("data") if "stream" in msg else msg
+    if not isinstance(data, dict):
+        return FrameError("envelope 'data' is not an object", _excerpt(frame), recv_time=recv_time)
+    kind = data.get("e")
+    symbol = data.get("s") if isinstance(data.get("s"), str) else None
+    try:
+        if kind == "depthUpdate":
+            return parse_depth(data, recv_time, recv_ns)
+        if kind == "aggTrade":
+            return parse_agg_trade(data, recv_time, recv_ns)
+    except ParseError as exc:
+        return FrameError(f"{kind}: {exc}", _excerpt(frame), symbol=symbol, recv_time=recv_time)
+    if kind is None:
+        if "result" in data and "id" in data:  # answer to SUBSCRIBE / LIST_SUBSCRIPTIONS
+            return Ignored("subscription_response")
+        if "code" in data and "msg" in data:  # an error answer from the server
+            return FrameError(
+                f"server error {data.get('code')}: {data.get('msg')}",
+                _excerpt(frame),
+                recv_time=recv_time,
+            )
+        return FrameError("no event type 'e' in frame", _excerpt(frame), recv_time=recv_time)
+    if not isinstance(kind, str):
+        return FrameError(f"event type must be a string; got {kind!r}", _excerpt(frame), symbol)
+    # Counted and skipped; unknown ones too, under their own name, so a new Binance event type
+    # shows up in metrics instead of as an error storm.
+    return Ignored(kind if kind in KNOWN_UNUSED else f"unknown:{kind}", symbol)
+
+
+def parse_snapshot(
+    symbol: str, body: str | bytes, recv_time: float, recv_ns: int = 0
+) -> DepthSnapshot | FrameError:
+    """Parse a REST depth snapshot body for ``symbol``.
+
+    Futures body: ``{"lastUpdateId":600859605926,"E":1626992741264,"T":1626992741261,
+    "bids":[["7.6110","6"],...],"asks":[["7.6120","297"],...]}``; spot bodies lack ``E`` and ``T``.
+    """
+    try:
+        data = orjson.loads(body)
+        if not isinstance(data, dict):
+            raise ParseError(f"expected a JSON object; got {type(data).__name__}")
+        if "code" in data and "msg" in data:
+            raise ParseError(f"server error {data.get('code')}: {data.get('msg')}")
+        event_time = data.get("E")
+        if event_time is not None and type(event_time) is not int:
+            raise ParseError(f"field 'E' must be an integer; got {event_time!r}")
+        return DepthSnapshot(
+            symbol=symbol,
+            last_update_id=_int(data, "lastUpdateId"),
+            bids=_levels(data.get("bids"), "bids"),
+            asks=_levels(data.get("asks"), "asks"),
+            recv_time=recv_time,
+            event_time_ms=event_time,
+            recv_ns=recv_ns,
+        )
+    except orjson.JSONDecodeError as exc:
+        return FrameError(f"snapshot: invalid JSON: {exc}", _excerpt(body), symbol, recv_time)
+    except ParseError as exc:
+        return FrameError(f"snapshot: {exc}", _excerpt(body), symbol, recv_time)
