@@ -38,7 +38,7 @@ class Kind:
     def builder(self) -> Callable[..., Any]:
         """Import and return the builder."""
         module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), attr)
 
 
 class Registry:
