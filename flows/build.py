@@ -1,0 +1,55 @@
+"""Build the bytewax dataflow from a validated configuration.
+
+Step ids are ``<pipeline>_<role>`` in snake_case: ``binance_futures_source``,
+``binance_futures_order_book``, ``binance_futures_sink_0_redis``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from market_data.config import AppConfig, PipelineConfig
+from market_data.events import Market
+from market_data.registry import OPERATORS, SINKS, SOURCES
+
+logger = logging.getLogger(__name__)
+
+FLOW_ID = "market_data"
+
+
+def build_dataflow(config: AppConfig) -> Dataflow:
+    """The dataflow for every pipeline of ``config``."""
+    flow = Dataflow(FLOW_ID)
+    for pipeline in config.pipelines:
+        _add_pipeline(flow, pipeline)
+    return flow
+
+
+def _add_pipeline(flow: Dataflow, pipeline: PipelineConfig) -> None:
+    prefix = pipeline.step_prefix
+    kind = SOURCES.get(pipeline.source.type)
+    assert kind is not None  # validated
+    source = kind.builder()(pipeline.source, pipeline)
+    market: Market = getattr(source, "market", Market.FUTURES)
+    stream = op.input(f"{prefix}_source", flow, source)
+    for i, options in enumerate(pipeline.operators):
+        op_kind = OPERATORS.get(options.type)
+        assert op_kind is not None
+        step = f"{prefix}_order_book" if options.type == "orderbook" else f"{prefix}_op_{i}"
+        stream = op_kind.builder()(step, stream, options, market)
+    for i, options in enumerate(pipeline.sinks):
+        sink_kind = SINKS.get(options.type)
+        assert sink_kind is not None
+        sink = sink_kind.builder()(options, pipeline)
+        op.output(f"{prefix}_sink_{i}_{options.type}", stream, sink)
+    logger.info(
+        "pipeline %s: source %s (%s rules), %d operator(s), sinks %s",
+        pipeline.name,
+        pipeline.source.type,
+        market.value,
+        len(pipeline.operators),
+        ", ".join(s.type for s in pipeline.sinks),
+    )

@@ -1,0 +1,43 @@
+"""Entry point: ``python -m bytewax.run flows.main`` runs the flow described by pipelines.yaml.
+
+The config file is ``$PIPELINES_FILE`` or ``./pipelines.yaml``; the factory form
+``python -m bytewax.run "flows.main:build_flow('other.yaml')"`` names one directly. A config error
+prints every problem and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from bytewax.dataflow import Dataflow
+
+from flows.build import build_dataflow
+from market_data import ConfigError
+from market_data.config import config_path, load_config
+from market_data.logs import setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def build_flow(path: str | None = None) -> Dataflow:
+    """Load the config at ``path`` (default: ``$PIPELINES_FILE`` or ``./pipelines.yaml``)."""
+    path = path or config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+    setup_logging(config.service.logging)
+    return build_dataflow(config)
+
+
+def __getattr__(name: str) -> Any:
+    # `flow` is built on first access, so importing this module (or using the factory form)
+    # does not load the default config.
+    if name == "flow":
+        flow = build_flow()
+        globals()["flow"] = flow
+        return flow
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

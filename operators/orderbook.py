@@ -1,0 +1,151 @@
+"""The bytewax side of the order book: a keyed stateful operator that dispatches to SymbolState.
+
+The book itself is never checkpointed: after a restart it must be resynced from a fresh exchange
+snapshot anyway, so ``snapshot()`` returns only the last trade id (for trade dedup), which keeps
+bytewax's per-epoch snapshot cost constant instead of copying a 1,000-level book.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
+from typing_extensions import override
+
+from health import metrics
+from market_data.events import (
+    BookState,
+    BookStatus,
+    BookUpdate,
+    FrameError,
+    Ignored,
+    Market,
+    OutputEvent,
+    SourceEvent,
+    Trade,
+)
+from market_data.options import OrderBookOptions
+from operators.symbol import SymbolState
+
+logger = logging.getLogger(__name__)
+
+_Resume = int | None  # last trade id
+
+
+class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
+    """Per-symbol logic: the pure :class:`SymbolState` plus metrics.
+
+    bytewax's builder is not told the key, so the state is made on the first batch, from the
+    symbol its events carry.
+    """
+
+    def __init__(self, options: OrderBookOptions, market: Market, resume: _Resume) -> None:
+        self.options = options
+        self.market = market
+        self.resume = resume
+        self.state: SymbolState | None = None
+
+    @override
+    def on_batch(self, values: list[SourceEvent]) -> tuple[Iterable[OutputEvent], bool]:
+        state = self.state
+        if state is None:
+            opts = self.options
+            state = self.state = SymbolState(
+                _symbol_of(values[0]),
+                opts.depth,
+                self.market,
+                opts.max_levels,
+                opts.max_buffer,
+                last_trade_id=self.resume,
+            )
+        out = state.on_events(values)
+        _export_metrics(state.symbol, values, out)
+        return out, StatefulBatchLogic.RETAIN
+
+    @override
+    def snapshot(self) -> _Resume:
+        return self.state.last_trade_id if self.state is not None else self.resume
+
+
+def _export_metrics(symbol: str, values: list[SourceEvent], out: list[OutputEvent]) -> None:
+    kinds = Counter(_kind(v) for v in values)
+    for kind, n in kinds.items():
+        if kind == "error":
+            metrics.MESSAGES_ERROR.labels(symbol).inc(n)
+        metrics.MESSAGES_PROCESSED.labels(symbol, kind).inc(n)
+    books = trades = gaps = 0
+    for ev in out:
+        if isinstance(ev, BookUpdate):
+            books += 1
+        elif isinstance(ev, Trade):
+            trades += 1
+        elif isinstance(ev, BookStatus) and ev.state is not BookState.SYNCED:
+            gaps += 1
+    if books:
+        metrics.ORDERBOOK_UPDATES.labels(symbol).inc(books)
+    if trades:
+        metrics.TRADES_PROCESSED.labels(symbol).inc(trades)
+    if gaps:
+        metrics.SEQUENCE_ERRORS.labels(symbol).inc(gaps)
+
+
+def _kind(ev: Any) -> str:
+    t = type(ev)
+    if t is FrameError:
+        return "error"
+    if t is Ignored:
+        return str(ev.kind)
+    return {
+        "DepthDelta": "depth",
+        "DepthSnapshot": "snapshot",
+        "Trade": "trade",
+        "ResyncRequest": "resync_request",
+    }.get(t.__name__, t.__name__)
+
+
+def apply(
+    step_id: str, up: Stream[SourceEvent], options: OrderBookOptions, market: Market
+) -> Stream[OutputEvent]:
+    """Key ``up`` by symbol, keep one book per symbol, and emit book updates, trades and statuses.
+
+    Events without a symbol (malformed frames, subscription answers) are counted and logged in a
+    side branch and never reach a book.
+    """
+    split = op.branch(f"{step_id}_has_symbol", up, _has_symbol)
+    op.inspect(f"{step_id}_unrouted", split.falses, _account_unrouted)
+    keyed = op.key_on(f"{step_id}_by_symbol", split.trues, _symbol_of)
+
+    books = op.stateful_batch(step_id, keyed, _Builder(options, market))
+    return op.key_rm(f"{step_id}_unkey", books)
+
+
+class _Builder:
+    """Builds a :class:`BookLogic` for a new key; a plain picklable object, not a closure."""
+
+    def __init__(self, options: OrderBookOptions, market: Market) -> None:
+        self.options = options
+        self.market = market
+
+    def __call__(self, resume: _Resume) -> BookLogic:
+        return BookLogic(self.options, self.market, resume)
+
+
+def _has_symbol(ev: SourceEvent) -> bool:
+    return getattr(ev, "symbol", None) is not None
+
+
+def _symbol_of(ev: SourceEvent) -> str:
+    return ev.symbol  # type: ignore[return-value]
+
+
+def _account_unrouted(step_id: str, ev: SourceEvent) -> None:
+    if type(ev) is FrameError:
+        metrics.MESSAGES_ERROR.labels("").inc()
+        logger.warning("%s: unusable frame: %s: %.200s", step_id, ev.reason, ev.excerpt)
+    else:
+        metrics.MESSAGES_PROCESSED.labels("", _kind(ev)).inc()
