@@ -186,6 +186,15 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
                 _excerpt(frame),
                 recv_time=recv_time,
             )
+        stream = msg.get("stream")
+        if isinstance(stream, str) and "@" in stream:
+            # Some streams (spot bookTicker, partial depth) carry no 'e'; the stream name says.
+            name = stream.split("@", 1)[1]
+            base = name.split("@", 1)[0].rstrip("0123456789")
+            kind_of = "bookTicker" if base == "bookTicker" else f"unknown:{base}"
+            if base == "depth":
+                kind_of = "partialDepth"
+            return Ignored(kind_of, symbol)
         return FrameError("no event type 'e' in frame", _excerpt(frame), recv_time=recv_time)
     if not isinstance(kind, str):
         return FrameError(f"event type must be a string; got {kind!r}", _excerpt(frame), symbol)
