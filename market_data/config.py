@@ -33,7 +33,7 @@ class _Strict(BaseModel):
 class HealthSettings(_Strict):
     """Where the sidecar listens and when the flow counts as stalled."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes the sidecar on every interface
     port: Annotated[int, Field(ge=0, le=65535)] = 9090
     enabled: bool = True
     stall_after_s: Annotated[float, Field(gt=0)] = 30.0
