@@ -45,7 +45,7 @@ class Record:
 def _open(path: str | Path, mode: Literal["rb", "ab"]) -> IO[bytes]:
     if str(path).endswith(".gz"):
         return gzip.open(path, mode)  # type: ignore[return-value]
-    return open(path, mode)  # noqa: SIM115  (the caller closes it)
+    return open(path, mode)
 
 
 def decode_record(line: bytes) -> Record:
