@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from market_data.events import Market, OutputEvent, SourceEvent
@@ -29,7 +29,7 @@ def run_books(
 ) -> list[OutputEvent]:
     """Run events through the order-book operator with bytewax's testing harness."""
     flow = Dataflow("test_books")
-    src = op.input("inp", flow, TestingSource(events, batch_size=50))
+    src: Stream[SourceEvent] = op.input("inp", flow, TestingSource(events, batch_size=50))
     out_stream = apply("order_book", src, OrderBookOptions(depth=depth), market)
     out: list[OutputEvent] = []
     op.output("out", out_stream, TestingSink(out))

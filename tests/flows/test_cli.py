@@ -46,14 +46,14 @@ pipelines:
 
 
 def lines(paths: list[Path]) -> list[dict]:
-    out = []
+    out: list[dict] = []
     for p in paths:
         out.extend(orjson.loads(line) for line in p.read_bytes().splitlines())
     return out
 
 
 def last_books(records: list[dict]) -> dict[str, dict]:
-    books = {}
+    books: dict[str, dict] = {}
     for r in records:
         if r["channel"].startswith("orderbook:"):
             data = r["data"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import pytest
 
@@ -22,7 +23,7 @@ FUTURES_SYMBOLS = {"SUSHIUSDT", "AKROUSDT", "KEEPUSDT", "CTKUSDT"}
 SPOT_SYMBOLS = {"NKNUSDT", "BLZETH", "LRCBTC", "RUNEEUR"}
 
 
-def by_symbol(out: list[OutputEvent]) -> dict[str, list[OutputEvent]]:
+def by_symbol(out: Sequence[OutputEvent]) -> dict[str, list[OutputEvent]]:
     grouped: dict[str, list[OutputEvent]] = defaultdict(list)
     for ev in out:
         grouped[ev.symbol].append(ev)
