@@ -47,6 +47,28 @@ class Step:
     reason: str = ""
 
 
+def is_stale(market: Market, final: int, lid: int) -> bool:
+    """An event ending at ``final`` is older than a snapshot at ``lid`` and must be dropped."""
+    return final < lid if market is Market.FUTURES else final <= lid
+
+
+def straddles(market: Market, first: int, lid: int) -> bool:
+    """A non-stale event starting at ``first`` may be the first one applied on a snapshot."""
+    return first <= lid if market is Market.FUTURES else first <= lid + 1
+
+
+def continues(market: Market, first: int, prev_final: int | None, last: int) -> bool:
+    """An event continues a book whose last applied event ended at ``last``."""
+    return prev_final == last if market is Market.FUTURES else first == last + 1
+
+
+def break_reason(market: Market, first: int, prev_final: int | None, last: int) -> str:
+    """Why an event does not continue the book, in Binance's terms."""
+    if market is Market.FUTURES:
+        return f"pu={prev_final} does not continue the previous u={last}"
+    return f"U={first} does not follow the previous u={last}"
+
+
 class BookSync:
     """Keeps one symbol's :class:`OrderBook` in sync with the exchange, by Binance's rules."""
 
@@ -130,16 +152,10 @@ class BookSync:
         return Step(Outcome.BUFFERED, ev.final_update_id)
 
     def _first_after_snapshot(self, ev: DepthDelta, lid: int) -> Step:
-        first, final = ev.first_update_id, ev.final_update_id
-        if self.market is Market.FUTURES:
-            if final < lid:
-                return Step(Outcome.STALE, final)
-            straddles = first <= lid  # and lid <= final, from the check above
-        else:
-            if final <= lid:
-                return Step(Outcome.STALE, final)
-            straddles = first <= lid + 1
-        if not straddles:
+        market, first, final = self.market, ev.first_update_id, ev.final_update_id
+        if is_stale(market, final, lid):
+            return Step(Outcome.STALE, final)
+        if not straddles(market, first, lid):
             return self._gap(
                 ev,
                 f"snapshot lastUpdateId={lid} is older than the stream (next event U={first})",
@@ -148,19 +164,13 @@ class BookSync:
 
     def _continue(self, ev: DepthDelta, last: int) -> Step:
         final = ev.final_update_id
-        if self.market is Market.FUTURES:
-            pu = ev.prev_final_update_id
-            if pu == last:
-                return self._apply(ev, Outcome.APPLIED)
-            if final <= last:
-                return Step(Outcome.DUPLICATE, final)
-            return self._gap(ev, f"pu={pu} does not continue the previous u={last}")
-        first = ev.first_update_id
-        if first == last + 1:
+        if continues(self.market, ev.first_update_id, ev.prev_final_update_id, last):
             return self._apply(ev, Outcome.APPLIED)
         if final <= last:
             return Step(Outcome.DUPLICATE, final)
-        return self._gap(ev, f"U={first} does not follow the previous u={last}")
+        return self._gap(
+            ev, break_reason(self.market, ev.first_update_id, ev.prev_final_update_id, last)
+        )
 
     def _apply(self, ev: DepthDelta, outcome: Outcome) -> Step:
         book = self.book
