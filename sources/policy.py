@@ -1,0 +1,144 @@
+"""Pure policies of the live Binance source: stream plans, URLs, pacing and backoff.
+
+Nothing here sleeps, fetches or connects; the source asks and acts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+from market_data.backoff import ExponentialBackoff
+from market_data.events import Market
+
+MAX_STREAMS_PER_CONNECTION = 1024
+"""Binance: a connection carries at most 1024 streams."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionPlan:
+    """One WebSocket connection: its URL and the streams it carries."""
+
+    url: str
+    streams: tuple[str, ...]
+    symbols: tuple[str, ...]
+
+
+def depth_stream(symbol: str, market: Market, speed_ms: int) -> str:
+    """``btcusdt@depth@100ms``; the exchange's default speed gets the bare ``@depth`` name."""
+    default = 250 if market is Market.FUTURES else 1000
+    suffix = "@depth" if speed_ms == default else f"@depth@{speed_ms}ms"
+    return f"{symbol.lower()}{suffix}"
+
+
+def trade_stream(symbol: str) -> str:
+    """``btcusdt@aggTrade``."""
+    return f"{symbol.lower()}@aggTrade"
+
+
+def plan_connections(
+    ws_url: str,
+    market: Market,
+    symbols: Sequence[str],
+    speed_ms: int,
+    max_streams: int = MAX_STREAMS_PER_CONNECTION,
+) -> list[ConnectionPlan]:
+    """The combined-stream connections needed for depth and aggTrade of ``symbols``.
+
+    USD-M Futures routes streams by path since 2026-04-23: depth on ``/public``, aggTrade on
+    ``/market`` (the legacy ``/stream`` sends no trades), so it needs at least two connections.
+    Spot carries both on ``/stream``. Each connection carries at most ``max_streams`` streams.
+    """
+    base = ws_url.rstrip("/")
+    if market is Market.FUTURES:
+        routes = [
+            (f"{base}/public/stream", [(s, depth_stream(s, market, speed_ms)) for s in symbols]),
+            (f"{base}/market/stream", [(s, trade_stream(s)) for s in symbols]),
+        ]
+    else:
+        both = [
+            (s, n) for s in symbols for n in (depth_stream(s, market, speed_ms), trade_stream(s))
+        ]
+        routes = [(f"{base}/stream", both)]
+    plans = []
+    for url, named in routes:
+        for i in range(0, len(named), max_streams):
+            chunk = named[i : i + max_streams]
+            streams = tuple(n for _, n in chunk)
+            plans.append(
+                ConnectionPlan(
+                    f"{url}?{urlencode({'streams': '/'.join(streams)}, safe='/@')}",
+                    streams,
+                    tuple(dict.fromkeys(s for s, _ in chunk)),
+                )
+            )
+    return plans
+
+
+def snapshot_url(rest_url: str, market: Market, symbol: str, limit: int) -> str:
+    """The REST depth snapshot URL for ``symbol``."""
+    path = "/fapi/v1/depth" if market is Market.FUTURES else "/api/v3/depth"
+    return f"{rest_url.rstrip('/')}{path}?{urlencode({'symbol': symbol, 'limit': limit})}"
+
+
+def snapshot_weight(market: Market, limit: int) -> int:
+    """Request weight of a depth snapshot, from Binance's tables."""
+    if market is Market.FUTURES:
+        return 2 if limit <= 50 else 5 if limit <= 100 else 10 if limit <= 500 else 20
+    return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
+
+
+def jittered_delay(policy: ExponentialBackoff, failures: int, rng: random.Random) -> float:
+    """Capped exponential backoff with full jitter, never below the policy's initial delay."""
+    ceiling = policy.compute(max(failures, 1))
+    return rng.uniform(policy.initial_s, max(ceiling, policy.initial_s))
+
+
+class WeightBudget:
+    """Paces REST requests so their weight stays within a per-window budget (sliding window).
+
+    Also honours the server: a ``Retry-After`` blocks every request until it has passed, and the
+    ``X-MBX-USED-WEIGHT-1M`` header, when over budget, blocks until the window has moved on.
+    """
+
+    def __init__(self, budget: int, window_s: float = 60.0) -> None:
+        if budget <= 0 or window_s <= 0:
+            raise ValueError(f"budget and window must be positive; got {budget}, {window_s}")
+        self.budget = budget
+        self.window_s = window_s
+        self._spent: deque[tuple[float, int]] = deque()  # (time, weight)
+        self._blocked_until = 0.0
+
+    def delay(self, weight: int, now: float) -> float:
+        """Seconds to wait before a request of ``weight`` may be sent at ``now`` (0: send now)."""
+        if now < self._blocked_until:
+            return self._blocked_until - now
+        spent = self._spent
+        while spent and spent[0][0] <= now - self.window_s:
+            spent.popleft()
+        used = sum(w for _, w in spent)
+        if used + weight <= self.budget:
+            return 0.0
+        # Wait until enough old requests leave the window.
+        excess = used + weight - self.budget
+        for t, w in spent:
+            excess -= w
+            if excess <= 0:
+                return t + self.window_s - now
+        return self.window_s  # a single request heavier than the budget: one window
+
+    def spend(self, weight: int, now: float) -> None:
+        """Record a request sent at ``now``."""
+        self._spent.append((now, weight))
+
+    def block(self, seconds: float, now: float) -> None:
+        """The server said to wait ``seconds`` (``Retry-After``) before any request."""
+        self._blocked_until = max(self._blocked_until, now + seconds)
+
+    def observe_used(self, used: int, now: float) -> None:
+        """The server reports ``used`` weight this minute; past the budget, wait for the next."""
+        if used >= self.budget:
+            self.block(self.window_s - (now % self.window_s), now)
