@@ -77,7 +77,11 @@ def to_units(text: str) -> int:
     # isdigit() alone accepts non-ASCII digits; isascii() rules them out (and signs, spaces, "_").
     if not digits or not digits.isascii() or not digits.isdigit():
         raise ParseError(f"expected a non-negative decimal string; got {text!r}")
-    return int(digits) * _POW10[DECIMALS - len(frac)]
+    try:
+        whole_units = int(digits)
+    except ValueError:  # longer than int() converts (sys.get_int_max_str_digits)
+        raise ParseError(f"number too long: {len(digits)} digits") from None
+    return whole_units * _POW10[DECIMALS - len(frac)]
 
 
 def _levels(raw: Any, side: str) -> tuple[Level, ...]:
@@ -180,9 +184,11 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
     if kind is None:
         if "result" in data and "id" in data:  # answer to SUBSCRIBE / LIST_SUBSCRIPTIONS
             return Ignored("subscription_response")
-        if "code" in data and "msg" in data:  # an error answer from the server
+        # An error answer: {"code":..,"msg":..} as documented, or nested under "error" as sent.
+        error = data["error"] if isinstance(data.get("error"), dict) else data
+        if "code" in error and "msg" in error:
             return FrameError(
-                f"server error {data.get('code')}: {data.get('msg')}",
+                f"server error {error.get('code')}: {error.get('msg')}",
                 _excerpt(frame),
                 recv_time=recv_time,
             )
@@ -197,7 +203,9 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
             return Ignored(kind_of, symbol)
         return FrameError("no event type 'e' in frame", _excerpt(frame), recv_time=recv_time)
     if not isinstance(kind, str):
-        return FrameError(f"event type must be a string; got {kind!r}", _excerpt(frame), symbol)
+        return FrameError(
+            f"event type must be a string; got {kind!r}", _excerpt(frame), symbol, recv_time
+        )
     # Counted and skipped; unknown ones too, under their own name, so a new Binance event type
     # shows up in metrics instead of as an error storm.
     return Ignored(kind if kind in KNOWN_UNUSED else f"unknown:{kind}", symbol)
