@@ -28,7 +28,7 @@ import os
 import re
 from collections.abc import Iterator
 from multiprocessing import resource_tracker
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -36,9 +36,7 @@ from typing_extensions import override
 
 from health.metrics import SINK_DROPS
 from market_data import ConfigError
-from market_data.config import PipelineConfig
 from market_data.events import BookStatus, BookUpdate, OutputEvent, Trade
-from market_data.options import ShmSinkOptions
 from sinks.payload import encode_book, encode_trade
 from sinks.shm_format import (
     Header,
@@ -55,6 +53,10 @@ from sinks.shm_format import (
     mark_closed,
     parse_header,
 )
+
+if TYPE_CHECKING:  # importing the config models costs a CLI start-up ~0.2 s
+    from market_data.config import PipelineConfig
+    from market_data.options import ShmSinkOptions
 
 __all__ = [
     "Record",
@@ -145,7 +147,7 @@ def pid_alive(pid: int) -> bool:
 def _map(fd: int, *, writable: bool) -> mmap.mmap:
     size = os.fstat(fd).st_size
     if size == 0:
-        raise ShmFormatError("the segment is empty (0 bytes)")
+        raise ShmFormatError("it is empty (0 bytes)")
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     return mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
 
@@ -309,7 +311,7 @@ class ShmReader:
             self._identity = (st.st_dev, st.st_ino)
             try:
                 self._mm: mmap.mmap | None = _map(fd, writable=False)
-            except (ValueError, OSError) as exc:
+            except (ShmFormatError, ValueError, OSError) as exc:
                 raise ShmFormatError(f"segment {name!r} cannot be mapped: {exc}") from None
         finally:
             os.close(fd)
