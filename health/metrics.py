@@ -41,3 +41,7 @@ REDIS_PUBLISHES = Counter("redis_publishes", "Messages written to Redis", ["symb
 REDIS_ERRORS = Counter("redis_errors", "Failed Redis writes", ["symbol"])
 SINK_BUFFER_DEPTH = Gauge("sink_buffer_depth", "Items held by a sink awaiting delivery", ["sink"])
 SINK_DROPS = Counter("sink_drops", "Items a sink had to drop (overflow)", ["sink", "type"])
+SNAPSHOT_FETCHES = Counter(
+    "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]
+)
+RESYNCS = Counter("resyncs", "Snapshots requested by the source, by reason", ["symbol", "reason"])

@@ -51,12 +51,20 @@ class BinanceOptions(Options):
     """Options shared by the live Binance sources."""
 
     symbols: Annotated[Symbols, Field(min_length=1)]
+    ws_url: str
+    rest_url: str
     depth_speed_ms: int = 100
     reconnect_delay_ms: PositiveInt = 1000
     max_reconnect_delay_ms: PositiveInt = 60000
     snapshot_limit: Literal[5, 10, 20, 50, 100, 500, 1000] = 1000
     silence_timeout_s: Annotated[float, Field(gt=0)] = 30.0
     record: str | None = None  # path of a recording of every raw frame (see sources.recording)
+    partitions: PositiveInt = 4  # symbol groups, each with its own connections and thread
+    max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = 1024
+    snapshot_weight_budget: PositiveInt = 1200  # REST weight per window, per process
+    snapshot_window_s: Annotated[float, Field(gt=0)] = 60.0
+    max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
+    poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
 
 
 class BinanceFuturesOptions(BinanceOptions):

@@ -1,0 +1,220 @@
+"""Live Binance sources (``binance_futures``, ``binance_spot``): routed WebSockets plus snapshots.
+
+Symbols are spread over a few partitions; each partition owns its connections (split at 1,024
+streams, routed ``/public`` for depth and ``/market`` for aggTrade on USD-M Futures) and a
+snapshot fetcher. Frames are stamped on receipt by the connection threads and parsed in
+``next_batch`` on the bytewax worker. The source mirrors the book's sequence rules per symbol
+(:class:`sources.tracker.SequenceTracker`) to fetch a snapshot after every (re)connect, on every
+break, and when a snapshot is older than the stream; the snapshot goes into the stream after the
+deltas that arrived before it, and the book operator joins them by Binance's procedure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from typing_extensions import override
+
+from health import metrics
+from market_data.backoff import ExponentialBackoff
+from market_data.config import PipelineConfig
+from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent
+from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
+from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
+from sources.parse import parse_frame
+from sources.policy import ConnectionPlan, plan_connections
+from sources.recording import RecordingWriter
+from sources.snapshots import SnapshotFetcher, shared_budget
+from sources.tracker import SequenceTracker
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+_FRAME, _CONN, _SNAPSHOT = 0, 1, 2
+
+_recorders: dict[str, RecordingWriter] = {}
+_recorders_lock = threading.Lock()
+
+
+def _recorder(path: str | None) -> RecordingWriter | None:
+    """One writer per recording path in this process (``{pid}`` in the path is replaced)."""
+    if not path:
+        return None
+    path = path.replace("{pid}", str(os.getpid()))
+    with _recorders_lock:
+        if path not in _recorders:
+            _recorders[path] = RecordingWriter(path)
+        return _recorders[path]
+
+
+def split_symbols(symbols: list[str], partitions: int) -> list[list[str]]:
+    """Deal symbols round-robin into at most ``partitions`` non-empty groups."""
+    n = max(1, min(partitions, len(symbols)))
+    return [symbols[i::n] for i in range(n)]
+
+
+class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
+    """A group of symbols: its connections, snapshot fetcher and per-symbol trackers."""
+
+    def __init__(self, options: BinanceOptions, market: Market, symbols: list[str]) -> None:
+        self.options = options
+        self.market = market
+        self.symbols = symbols
+        self._queue: deque[tuple[Any, ...]] = deque()  # appended by threads, drained here
+        self._trackers = {s: SequenceTracker(market) for s in symbols}
+        self._recorder = _recorder(options.record)
+        backoff = ExponentialBackoff.from_ms(
+            options.reconnect_delay_ms,
+            max(options.max_reconnect_delay_ms, options.reconnect_delay_ms),
+        )
+        budget, lock = shared_budget(
+            options.rest_url, options.snapshot_weight_budget, options.snapshot_window_s
+        )
+        self.fetcher = SnapshotFetcher(
+            options.rest_url,
+            market,
+            options.snapshot_limit,
+            budget,
+            lock,
+            ExponentialBackoff(0.25, max(backoff.max_s, 0.25)),
+            lambda ev: self._queue.append((_SNAPSHOT, ev)),
+            self._recorder,
+        )
+        settings = ConnectionSettings(
+            backoff=backoff,
+            silence_timeout_s=options.silence_timeout_s,
+            max_age_s=options.max_connection_age_s,
+        )
+        self.plans = plan_connections(
+            options.ws_url,
+            market,
+            symbols,
+            options.depth_speed_ms,
+            options.max_streams_per_connection,
+        )
+        rng = random.Random()
+        self.connections = [
+            WsConnection(plan, settings, self._on_frame, self._on_state, rng) for plan in self.plans
+        ]
+        self._poll = timedelta(milliseconds=options.poll_interval_ms)
+        self._awake: datetime | None = None
+        self.fetcher.start()
+        for conn in self.connections:
+            conn.start()
+
+    def _on_frame(self, recv_time: float, recv_ns: int, url: str, text: str) -> None:
+        self._queue.append((_FRAME, recv_time, recv_ns, text))
+        if self._recorder is not None:
+            self._recorder.ws(recv_time, url, text)
+
+    def _on_state(self, event: ConnEvent) -> None:
+        self._queue.append((_CONN, event))
+
+    @override
+    def next_batch(self) -> list[SourceEvent]:
+        out: list[SourceEvent] = []
+        queue = self._queue
+        trackers = self._trackers
+        while queue and len(out) < MAX_BATCH:
+            item = queue.popleft()
+            kind = item[0]
+            if kind == _FRAME:
+                ev = parse_frame(item[3], item[1], item[2])
+                if type(ev) is DepthDelta:
+                    tracker = trackers.get(ev.symbol)
+                    if tracker is None:
+                        continue  # not ours (a stray subscription)
+                    if tracker.on_delta(
+                        ev.first_update_id, ev.final_update_id, ev.prev_final_update_id
+                    ):
+                        self.fetcher.request(ev.symbol, tracker.reason)
+                out.append(ev)
+            elif kind == _SNAPSHOT:
+                ev = item[1]
+                if type(ev) is DepthSnapshot:
+                    tracker = trackers[ev.symbol]
+                    if tracker.on_snapshot(ev.last_update_id):
+                        # Binance's REST snapshot can lag its stream; ask again shortly.
+                        self.fetcher.request(ev.symbol, tracker.reason, delay_s=0.25)
+                out.append(ev)
+            else:
+                self._on_conn(item[1])
+        self._awake = (
+            None if out or self._poll.total_seconds() == 0 else datetime.now(UTC) + self._poll
+        )
+        return out
+
+    def _on_conn(self, event: ConnEvent) -> None:
+        plan: ConnectionPlan = event.plan
+        depth_symbols = [s for s in plan.symbols if any("@depth" in n for n in plan.streams)]
+        if event.state is ConnState.CONNECTED:
+            for symbol in plan.symbols:
+                metrics.WEBSOCKET_CONNECTED.labels(symbol).set(1)
+            # Deltas were missed while disconnected (or never seen): every depth symbol of this
+            # connection needs a new snapshot.
+            for symbol in depth_symbols:
+                self._trackers[symbol].reset("connected")
+                self.fetcher.request(symbol, "connected")
+        elif event.state is ConnState.DISCONNECTED:
+            for symbol in plan.symbols:
+                metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
+                metrics.WEBSOCKET_DISCONNECTS.labels(symbol).inc()
+
+    @override
+    def next_awake(self) -> datetime | None:
+        return self._awake
+
+    @override
+    def snapshot(self) -> None:
+        return None  # a live feed cannot be rewound; books resync from fresh snapshots
+
+    @override
+    def close(self) -> None:
+        for conn in self.connections:
+            conn.stop()
+        self.fetcher.stop()
+        if self._recorder is not None:
+            self._recorder.close()
+        for symbol in self.symbols:
+            metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
+
+
+class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
+    """Binance USD-M Futures or Spot depth + aggTrade for the configured symbols."""
+
+    def __init__(self, options: BinanceOptions, market: Market) -> None:
+        self.options = options
+        self.market = market
+        self.groups = split_symbols(list(options.symbols), options.partitions)
+
+    @override
+    def list_parts(self) -> list[str]:
+        return [f"{self.options.type}-{i}" for i in range(len(self.groups))]
+
+    @override
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _BinancePartition:
+        group = self.groups[int(for_part.rsplit("-", 1)[1])]
+        logger.info(
+            "%s: partition %s connects for %d symbols: %s",
+            step_id, for_part, len(group), ", ".join(group[:10]) + (" ..." * (len(group) > 10)),
+        )  # fmt: skip
+        return _BinancePartition(self.options, self.market, group)
+
+
+def build_source(options: BinanceOptions, pipeline: PipelineConfig) -> BinanceSource:
+    """Registry builder for ``binance_futures`` and ``binance_spot``."""
+    if isinstance(options, BinanceFuturesOptions):
+        return BinanceSource(options, Market.FUTURES)
+    if isinstance(options, BinanceSpotOptions):
+        return BinanceSource(options, Market.SPOT)
+    raise TypeError(f"expected Binance futures or spot options; got {type(options).__name__}")
+
+
+__all__ = ["BinanceSource", "FrameError", "build_source", "split_symbols"]

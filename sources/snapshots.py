@@ -1,0 +1,218 @@
+"""Fetches REST depth snapshots in a thread, paced by a shared request-weight budget.
+
+Requests are deduplicated per symbol, paced so that many symbols starting at once stay under the
+exchange's per-IP weight limit (one budget per REST host per process), and retried with backoff.
+A 429 or 418 answer blocks every request for its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from health import metrics
+from market_data.backoff import ExponentialBackoff
+from market_data.events import DepthSnapshot, FrameError, Market
+from sources.parse import parse_snapshot
+from sources.policy import WeightBudget, jittered_delay, snapshot_url, snapshot_weight
+from sources.recording import RecordingWriter
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETRY_AFTER_S = 60.0
+REQUEST_TIMEOUT_S = 10.0
+
+_budgets: dict[tuple[str, int, float], WeightBudget] = {}
+_budgets_lock = threading.Lock()
+
+
+def shared_budget(
+    rest_url: str, budget: int, window_s: float
+) -> tuple[WeightBudget, threading.Lock]:
+    """One budget per REST endpoint in this process, shared by every partition (and its lock)."""
+    with _budgets_lock:
+        key = (rest_url, budget, window_s)
+        if key not in _budgets:
+            _budgets[key] = WeightBudget(budget, window_s)
+        return _budgets[key], _budgets_lock
+
+
+SnapshotCallback = Callable[[DepthSnapshot | FrameError], None]
+
+
+class SnapshotFetcher:
+    """Fetches snapshots for the symbols :meth:`request`-ed, one at a time, in a thread."""
+
+    def __init__(
+        self,
+        rest_url: str,
+        market: Market,
+        limit: int,
+        budget: WeightBudget,
+        budget_lock: threading.Lock,
+        backoff: ExponentialBackoff,
+        deliver: SnapshotCallback,
+        recorder: RecordingWriter | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.rest_url = rest_url
+        self.market = market
+        self.limit = limit
+        self.weight = snapshot_weight(market, limit)
+        self._budget = budget
+        self._budget_lock = budget_lock
+        self._backoff = backoff
+        self._deliver = deliver
+        self._recorder = recorder
+        self._rng = rng or random.Random()
+        self._pending: dict[str, float] = {}  # symbol -> not before (monotonic)
+        self._failures: dict[str, int] = {}
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
+        self.in_flight: str | None = None
+
+    def start(self) -> None:
+        """Start the fetching thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (an request in flight finishes or times out)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def request(self, symbol: str, reason: str, delay_s: float = 0.0) -> None:
+        """Ask for a snapshot of ``symbol`` (once, however often it is asked before it is sent)."""
+        metrics.RESYNCS.labels(symbol, _reason_label(reason)).inc()
+        with self._cond:
+            not_before = time.monotonic() + delay_s
+            if symbol in self._pending:
+                self._pending[symbol] = min(self._pending[symbol], not_before)
+            else:
+                self._pending[symbol] = not_before
+            self._cond.notify_all()
+
+    def pending(self) -> int:
+        """Symbols waiting for a snapshot request."""
+        with self._cond:
+            return len(self._pending)
+
+    def _next(self) -> str | None:
+        """Block until a symbol is due and the budget allows its request; None when stopping."""
+        with self._cond:
+            while not self._stop:
+                if not self._pending:
+                    self._cond.wait()
+                    continue
+                symbol, not_before = min(self._pending.items(), key=lambda kv: kv[1])
+                now = time.monotonic()
+                wait = not_before - now
+                if wait <= 0:
+                    with self._budget_lock:
+                        wait = self._budget.delay(self.weight, now)
+                        if wait <= 0:
+                            self._budget.spend(self.weight, now)
+                            del self._pending[symbol]
+                            return symbol
+                self._cond.wait(min(wait, 1.0))
+        return None
+
+    def _run(self) -> None:
+        while True:
+            symbol = self._next()
+            if symbol is None:
+                return
+            self.in_flight = symbol
+            try:
+                self._fetch(symbol)
+            except Exception:  # a bug here must not end the thread; the symbol is retried
+                logger.exception("snapshot fetch for %s failed unexpectedly", symbol)
+                self._retry(symbol, "internal error")
+            finally:
+                self.in_flight = None
+
+    def _fetch(self, symbol: str) -> None:
+        url = snapshot_url(self.rest_url, self.market, symbol, self.limit)
+        req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
+        started = time.monotonic()
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                body = resp.read()
+                status = resp.status
+                used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+        except urllib.error.HTTPError as exc:
+            body = exc.read() or b""
+            status = exc.code
+            self._record(url, status, body)
+            if status in (418, 429):
+                retry_after = _retry_after(exc.headers.get("Retry-After"))
+                with self._budget_lock:
+                    self._budget.block(retry_after, time.monotonic())
+                metrics.SNAPSHOT_FETCHES.labels(symbol, "rate_limited").inc()
+                logger.warning(
+                    "snapshot %s: HTTP %d (%s); every request waits %.1fs (Retry-After)",
+                    symbol, status, "rate limited" if status == 429 else "IP banned", retry_after,
+                )  # fmt: skip
+                self.request(symbol, f"HTTP {status}")
+                return
+            self._fail(symbol, f"HTTP {status}: {body[:200]!r}")
+            return
+        except (OSError, urllib.error.URLError) as exc:
+            self._fail(symbol, f"{type(exc).__name__}: {exc}")
+            return
+        self._record(url, status, body)
+        if used is not None and used.isdigit():
+            with self._budget_lock:
+                self._budget.observe_used(int(used), time.monotonic())
+        event = parse_snapshot(symbol, body, time.time(), time.perf_counter_ns())
+        if isinstance(event, FrameError):
+            self._fail(symbol, event.reason)
+            return
+        self._failures.pop(symbol, None)
+        metrics.SNAPSHOT_FETCHES.labels(symbol, "ok").inc()
+        logger.debug(
+            "snapshot %s at %d in %.0f ms",
+            symbol,
+            event.last_update_id,
+            (time.monotonic() - started) * 1e3,
+        )
+        self._deliver(event)
+
+    def _fail(self, symbol: str, reason: str) -> None:
+        metrics.SNAPSHOT_FETCHES.labels(symbol, "error").inc()
+        self._deliver(FrameError(f"snapshot: {reason}", "", symbol, time.time()))
+        self._retry(symbol, reason)
+
+    def _retry(self, symbol: str, reason: str) -> None:
+        failures = self._failures[symbol] = self._failures.get(symbol, 0) + 1
+        delay = jittered_delay(self._backoff, failures, self._rng)
+        logger.warning(
+            "snapshot %s failed (%s); retry %d in %.2fs", symbol, reason, failures, delay
+        )
+        self.request(symbol, "retry", delay)
+
+    def _record(self, url: str, status: int, body: bytes) -> None:
+        if self._recorder is not None:
+            self._recorder.rest(time.time(), url, status, body)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return max(float(value), 0.0) if value else DEFAULT_RETRY_AFTER_S
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_S
+
+
+def _reason_label(reason: str) -> str:
+    """A bounded label for the resyncs metric."""
+    for label in ("connected", "sequence break", "older than the stream", "retry", "HTTP"):
+        if label in reason:
+            return label.replace(" ", "_").lower()
+    return "other"
