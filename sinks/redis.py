@@ -1,0 +1,390 @@
+"""The ``redis`` sink: book updates and trades to Redis pub/sub channels and/or Redis Streams.
+
+Names and payloads (see :mod:`sinks.payload`; ``P`` is ``channel_prefix``)::
+
+    pubsub   PUBLISH P orderbook:BTCUSDT <book json>     PUBLISH P trades:BTCUSDT <trade json>
+    streams  XADD P orderbook:BTCUSDT MAXLEN ~ n * data <book json>
+             XADD P trades:BTCUSDT MAXLEN ~ n <T>-<a> data <trade json>
+    both     the XADD, then the PUBLISH, of each item
+
+In mode ``both`` a stream key and a channel share one name on purpose: pub/sub channels are not
+keys (``PUBLISH`` never touches the keyspace), so a consumer can ``XRANGE``/``XREAD`` the key to
+catch up and ``SUBSCRIBE`` to the same name to follow. ``BookStatus`` items are not published.
+
+Each bytewax batch is written with one non-transactional pipeline on the worker's own connection
+pool, opened in :meth:`RedisSink.build`.
+
+Delivery when Redis is down, restarting or slow (``write_batch`` never raises for it):
+
+* The items of a failed write are held in a :class:`~sinks.buffer.PendingBuffer`: the latest book
+  per symbol (conflated) and up to ``max_buffer`` trades in order; beyond that the oldest trades
+  are dropped, counted in ``sink_drops{type="trade"}`` and logged once per outage.
+* The partition retries from ``write_batch`` once the delay of an :class:`ExponentialBackoff`
+  (``retry_initial_ms`` doubling up to ``retry_max_ms``) has passed; it never sleeps there. A
+  retry can block for up to ``socket_timeout_s`` (connect or read timeout). With no new items,
+  held ones wait for the next batch or for :meth:`RedisPartition.close`.
+* A write that failed after it was sent may have been executed. Trades in streams therefore
+  carry explicit ids ``<trade_time_ms>-<trade_id>``: Redis rejects a re-sent trade as not newer
+  than the stream's top, so **each trade is in its stream once and in order** (given that trade
+  time never decreases as trade id grows, as with Binance aggTrades, and that nothing else
+  writes the key). Book entries use ``*`` ids: the latest book may be repeated (a repeated state
+  is harmless). **Pub/sub is at-least-once across such failures**: a re-sent ``PUBLISH`` reaches
+  subscribers twice; ``trade_id`` (strictly increasing per symbol) identifies repeats. Redis
+  pub/sub itself is at-most-once: subscribers miss what is published while they are not
+  connected, e.g. while Redis restarts.
+* Transient server refusals (OOM, READONLY, MISCONF, BUSY, TRYAGAIN, ...) are retried like an
+  outage; other command errors (e.g. ``WRONGTYPE``) drop that write, counted and logged.
+
+Metrics: ``redis_publishes{symbol,type}`` per item written, ``redis_errors{symbol}`` per failed
+attempt and symbol in it, ``sink_buffer_depth{sink}`` and ``sink_drops{sink,type}`` with ``sink``
+= ``redis:<pipeline>``, and ``processing_latency_*{symbol}`` from ``recv_ns`` to the moment the
+pipeline returned. URLs are logged with their password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import redis
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from prometheus_client import Counter, Histogram
+from redis.backoff import NoBackoff
+from redis.client import Pipeline
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
+from redis.retry import Retry
+
+from health import metrics
+from market_data import ConfigError, MarketDataError
+from market_data.backoff import ExponentialBackoff
+from market_data.config import PipelineConfig
+from market_data.events import BookStatus, BookUpdate, OutputEvent, Trade
+from market_data.options import RedisSinkOptions
+from sinks.buffer import Pending, PendingBuffer, Target
+from sinks.payload import BOOK_PREFIX, TRADE_PREFIX, channel, encode_book, encode_trade
+
+logger = logging.getLogger(__name__)
+
+FLUSH_CHUNK = 10_000
+"""Most held trades sent by one ``write_batch`` after an outage, to bound how long it takes."""
+CLOSE_TIMEOUT_S = 5.0
+"""How long :meth:`RedisPartition.close` keeps trying to deliver held items."""
+
+_TARGETS = {
+    "pubsub": Target.PUBLISH,
+    "streams": Target.STREAM,
+    "both": Target.STREAM | Target.PUBLISH,
+}
+_TRANSIENT = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError)
+_TRANSIENT_CODES = ("MISCONF", "BUSY", "NOREPLICAS")  # error codes redis-py has no class for
+_DUPLICATE_ID = "equal or smaller than the target stream top item"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (user info or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user, has_password, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{host}" if has_password else f"***@{host}"
+    out = f"{parts.scheme}://{netloc}{parts.path}"
+    if parts.query:
+        pairs = [p.partition("=") for p in parts.query.split("&")]
+        out += "?" + "&".join(
+            f"{k}{eq}***" if k.lower() == "password" else f"{k}{eq}{v}" for k, eq, v in pairs
+        )
+    return out + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def _transient(error: Exception) -> bool:
+    return isinstance(error, _TRANSIENT) or str(error).startswith(_TRANSIENT_CODES)
+
+
+class RedisPartition(StatelessSinkPartition[OutputEvent]):
+    """One worker's writer: a pipeline per batch, the outage buffer and the retry schedule."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        options: RedisSinkOptions,
+        sink_label: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
+    ) -> None:
+        self._client = client
+        self._options = options
+        self._targets = _TARGETS[options.mode]
+        self._url = redact_url(options.url)
+        self._label = sink_label
+        self._backoff = ExponentialBackoff.from_ms(options.retry_initial_ms, options.retry_max_ms)
+        self._buffer = PendingBuffer(options.max_buffer)
+        self._clock = clock
+        self._close_timeout_s = close_timeout_s
+        self._failures = 0  # consecutive failed attempts
+        self._retry_at = 0.0
+        self._outage_since = 0.0
+        self._outage_dropped = 0
+        self._overflow_logged = False
+        self._depth_reported = 0
+        self._names: dict[tuple[str, str], str] = {}
+        self._logged: set[tuple[str, str]] = set()
+        self._publishes: dict[tuple[str, str], Counter] = {}
+        self._errors: dict[str, Counter] = {}
+        self._latency: dict[str, tuple[Histogram, Histogram]] = {}
+
+    def write_batch(self, items: list[OutputEvent]) -> None:
+        """Write ``items`` in one pipeline, or hold them while Redis is unreachable."""
+        writes = [self._pending(item) for item in items if not isinstance(item, BookStatus)]
+        now = self._clock()
+        if self._failures == 0 and not self._buffer:
+            if writes:
+                self._send(writes, now)
+        else:
+            self._count_drops(sum(self._buffer.add(w) for w in writes))
+            if now >= self._retry_at and self._buffer:
+                self._send(self._buffer.drain(FLUSH_CHUNK), now)
+        self._report_depth()
+
+    def close(self) -> None:
+        """Deliver held items for up to ``close_timeout_s``, count the rest, close the pool."""
+        deadline = time.monotonic() + self._close_timeout_s
+        while self._buffer and time.monotonic() < deadline:
+            if not self._send(self._buffer.drain(FLUSH_CHUNK), self._clock()):
+                wait = min(self._backoff.compute(self._failures), deadline - time.monotonic())
+                time.sleep(max(0.0, wait))
+        left = self._buffer.drain()
+        if left:
+            trades = sum(1 for p in left if isinstance(p.item, Trade))
+            books = len(left) - trades
+            metrics.SINK_DROPS.labels(self._label, "trade").inc(trades)
+            metrics.SINK_DROPS.labels(self._label, "orderbook").inc(books)
+            logger.warning(
+                "redis sink %s: closing with %d trades and %d book updates not delivered to %s",
+                self._label,
+                trades,
+                books,
+                self._url,
+            )
+        self._report_depth()
+        self._client.close()
+
+    def _pending(self, item: OutputEvent) -> Pending:
+        if not isinstance(item, BookUpdate | Trade):
+            raise MarketDataError(
+                f"redis sink {self._label}: expected BookUpdate, Trade or BookStatus items; "
+                f"got {type(item).__name__}"
+            )
+        return Pending(item, self._targets)
+
+    def _name(self, kind: str, symbol: str) -> str:
+        name = self._names.get((kind, symbol))
+        if name is None:
+            name = self._names[kind, symbol] = channel(self._options.channel_prefix, kind, symbol)
+        return name
+
+    def _queue(self, pipe: Pipeline, pending: Pending) -> None:
+        item = pending.item
+        if isinstance(item, BookUpdate):
+            name, payload, entry_id = self._name(BOOK_PREFIX, item.symbol), encode_book(item), "*"
+        else:
+            name, payload = self._name(TRADE_PREFIX, item.symbol), encode_trade(item)
+            entry_id = f"{item.trade_time_ms}-{item.trade_id}"
+        if pending.targets & Target.STREAM:
+            maxlen = self._options.stream_maxlen
+            pipe.xadd(name, {"data": payload}, id=entry_id, maxlen=maxlen, approximate=True)
+        if pending.targets & Target.PUBLISH:
+            pipe.publish(name, payload)
+
+    def _send(self, writes: list[Pending], now: float) -> bool:
+        """Write ``writes`` in one pipeline; True unless they had to be held for a retry."""
+        pipe = self._client.pipeline(transaction=False)
+        for pending in writes:
+            self._queue(pipe, pending)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (RedisError, OSError) as exc:  # unknown how much Redis executed
+            self._failed(writes, now, exc, maybe_sent=True)
+            return False
+        done_ns = time.perf_counter_ns()
+        retry: list[Pending] = []
+        first_error: Exception | None = None
+        replies_iter = iter(replies)
+        for pending in writes:
+            left, ok = Target(0), True
+            for target in (Target.STREAM, Target.PUBLISH):
+                if not pending.targets & target:
+                    continue
+                reply = next(replies_iter)
+                if not isinstance(reply, Exception):
+                    continue
+                if target is Target.STREAM and _DUPLICATE_ID in str(reply):
+                    if not pending.maybe_sent:
+                        self._rejected(pending, reply, dropped=False)
+                elif _transient(reply):
+                    left |= target
+                    first_error = first_error or reply
+                else:
+                    ok = False
+                    self._rejected(pending, reply, dropped=True)
+            if left:
+                retry.append(Pending(pending.item, left, pending.maybe_sent))
+            elif ok:
+                self._delivered(pending.item, done_ns)
+        if first_error is not None:
+            self._failed(retry, now, first_error, maybe_sent=False)
+            return False
+        if self._failures:
+            logger.info(
+                "redis sink %s: writing to %s again after %.1f s and %d failed attempts; "
+                "%d trades dropped meanwhile, %d items still held",
+                self._label,
+                self._url,
+                now - self._outage_since,
+                self._failures,
+                self._outage_dropped,
+                len(self._buffer),
+            )
+            self._failures = 0
+        return True
+
+    def _failed(
+        self, writes: list[Pending], now: float, error: Exception, maybe_sent: bool
+    ) -> None:
+        self._failures += 1
+        delay = self._backoff.compute(self._failures)
+        self._retry_at = now + delay
+        for symbol in sorted({p.item.symbol for p in writes}):
+            self._error_counter(symbol).inc()
+        if self._failures == 1:
+            self._outage_since, self._outage_dropped, self._overflow_logged = now, 0, False
+            logger.warning(
+                "redis sink %s: cannot write to %s (%s: %s); holding the latest book per symbol "
+                "and up to %d trades, retrying in %.3f s",
+                self._label,
+                self._url,
+                type(error).__name__,
+                error,
+                self._options.max_buffer,
+                delay,
+            )
+        else:
+            logger.debug("redis sink %s: attempt %d failed: %s", self._label, self._failures, error)
+        self._count_drops(self._buffer.requeue(writes, maybe_sent=maybe_sent))
+
+    def _rejected(self, pending: Pending, error: Exception, *, dropped: bool) -> None:
+        item = pending.item
+        kind = "orderbook" if isinstance(item, BookUpdate) else "trade"
+        self._error_counter(item.symbol).inc()
+        if dropped:
+            metrics.SINK_DROPS.labels(self._label, kind).inc()
+        key = (f"{kind}:{item.symbol}", str(error))
+        if key not in self._logged:  # once per symbol and message, not once per item
+            self._logged.add(key)
+            logger.error(
+                "redis sink %s: Redis refused a %s write of %s (%s); %s",
+                self._label,
+                kind,
+                item.symbol,
+                error,
+                "it is dropped" if dropped else "skipped in the stream (another writer?)",
+            )
+
+    def _delivered(self, item: BookUpdate | Trade, done_ns: int) -> None:
+        symbol = item.symbol
+        kind = "orderbook" if isinstance(item, BookUpdate) else "trade"
+        counter = self._publishes.get((symbol, kind))
+        if counter is None:
+            counter = self._publishes[symbol, kind] = metrics.REDIS_PUBLISHES.labels(symbol, kind)
+        counter.inc()
+        if item.recv_ns > 0:
+            hists = self._latency.get(symbol)
+            if hists is None:
+                hists = self._latency[symbol] = (
+                    metrics.PROCESSING_LATENCY_US.labels(symbol),
+                    metrics.PROCESSING_LATENCY_S.labels(symbol),
+                )
+            elapsed_ns = done_ns - item.recv_ns
+            hists[0].observe(elapsed_ns / 1e3)
+            hists[1].observe(elapsed_ns / 1e9)
+
+    def _error_counter(self, symbol: str) -> Counter:
+        counter = self._errors.get(symbol)
+        if counter is None:
+            counter = self._errors[symbol] = metrics.REDIS_ERRORS.labels(symbol)
+        return counter
+
+    def _count_drops(self, dropped: int) -> None:
+        if not dropped:
+            return
+        metrics.SINK_DROPS.labels(self._label, "trade").inc(dropped)
+        self._outage_dropped += dropped
+        if not self._overflow_logged:
+            self._overflow_logged = True
+            logger.warning(
+                "redis sink %s: %d trades held while %s is unreachable; dropping the oldest "
+                "(counted in sink_drops, logged once per outage)",
+                self._label,
+                self._options.max_buffer,
+                self._url,
+            )
+
+    def _report_depth(self) -> None:
+        depth = len(self._buffer)
+        if depth != self._depth_reported:  # deltas, so workers sharing the label add up
+            metrics.SINK_BUFFER_DEPTH.labels(self._label).inc(depth - self._depth_reported)
+            self._depth_reported = depth
+
+
+class RedisSink(DynamicSink[OutputEvent]):
+    """Every worker writes its own items through its own connection pool."""
+
+    def __init__(
+        self, options: RedisSinkOptions, label: str, *, close_timeout_s: float = CLOSE_TIMEOUT_S
+    ) -> None:
+        self.options = options
+        self.label = label
+        self.close_timeout_s = close_timeout_s
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> RedisPartition:
+        """Open this worker's connection pool (connections are made on first use)."""
+        o = self.options
+        client = redis.Redis.from_url(
+            o.url,
+            socket_timeout=o.socket_timeout_s,
+            socket_connect_timeout=o.socket_timeout_s,
+            retry=Retry(NoBackoff(), 0),  # the partition retries, with its own policy
+        )
+        logger.info(
+            "redis sink %s: worker %d/%d writes %s to %s (prefix %r)",
+            self.label,
+            worker_index,
+            worker_count,
+            o.mode,
+            redact_url(o.url),
+            o.channel_prefix,
+        )
+        return RedisPartition(client, o, self.label, close_timeout_s=self.close_timeout_s)
+
+
+def build_sink(options: RedisSinkOptions, pipeline: PipelineConfig) -> RedisSink:
+    """The sink for one ``type: redis`` entry of ``pipeline``."""
+    if options.retry_max_ms < options.retry_initial_ms:
+        raise ConfigError(
+            f"pipeline {pipeline.name!r}: redis sink: retry_max_ms must be at least "
+            f"retry_initial_ms ({options.retry_initial_ms}); got {options.retry_max_ms}"
+        )
+    return RedisSink(options, f"redis:{pipeline.name}")
