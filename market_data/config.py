@@ -128,6 +128,7 @@ def parse_config(text: str, name: str, environ: dict[str, str] | None = None) ->
         errors.append(f"pipelines: expected a non-empty list of pipelines; got {raw_pipes!r}")
         raw_pipes = []
     pipelines: list[PipelineConfig] = []
+    indices: list[int] = []  # each valid pipeline's position, for error paths
     names: list[str] = []
     for i, item in enumerate(raw_pipes):
         at = f"pipelines[{i}]"
@@ -135,6 +136,7 @@ def parse_config(text: str, name: str, environ: dict[str, str] | None = None) ->
             raw_pipe = _RawPipeline.model_validate(item)
         except ValidationError as exc:
             errors.extend(_format(exc, at, _RawPipeline))
+            _check_parts(item, at, errors)  # all errors at once: the parts' own too
             continue
         names.append(raw_pipe.name)
         source = _resolve(SOURCES, raw_pipe.source, f"{at}.source", errors)
@@ -150,7 +152,8 @@ def parse_config(text: str, name: str, environ: dict[str, str] | None = None) ->
         pipelines.append(
             PipelineConfig(raw_pipe.name, source, tuple(ops), tuple(sinks))  # type: ignore[arg-type]
         )
-    _cross_checks(names, pipelines, errors)
+        indices.append(i)
+    _cross_checks(names, list(zip(indices, pipelines, strict=True)), errors)
     if errors:
         raise ConfigError(_report(name, errors))
     return AppConfig(name, service, tuple(pipelines))
@@ -175,7 +178,22 @@ def _resolve(registry: Registry, raw: dict[str, Any], at: str, errors: list[str]
         return None
 
 
-def _cross_checks(names: list[str], pipelines: list[PipelineConfig], errors: list[str]) -> None:
+def _check_parts(item: Any, at: str, errors: list[str]) -> None:
+    """Report what is wrong inside the parts of a pipeline that is itself invalid."""
+    if not isinstance(item, dict):
+        return
+    if isinstance(item.get("source"), dict):
+        _resolve(SOURCES, item["source"], f"{at}.source", errors)
+    for key, registry in (("operators", OPERATORS), ("sinks", SINKS)):
+        parts = item.get(key)
+        for j, part in enumerate(parts if isinstance(parts, list) else ()):
+            if isinstance(part, dict):
+                _resolve(registry, part, f"{at}.{key}[{j}]", errors)
+
+
+def _cross_checks(
+    names: list[str], pipelines: list[tuple[int, PipelineConfig]], errors: list[str]
+) -> None:
     seen_names: set[str] = set()
     for name in names:
         if name in seen_names:
@@ -183,20 +201,19 @@ def _cross_checks(names: list[str], pipelines: list[PipelineConfig], errors: lis
         seen_names.add(name)
     # One book per (source type, symbol): the same symbol twice would publish twice.
     owner: dict[tuple[str, str], str] = {}
-    for p in pipelines:
+    for i, p in pipelines:
         for sym in getattr(p.source, "symbols", None) or ():
             key = (p.source.type, sym)
             if key in owner and owner[key] != p.name:
                 errors.append(
-                    f"pipelines[{p.name}].source.symbols: {sym} is also in pipeline "
+                    f"pipelines[{i}].source.symbols: {sym} is also in pipeline "
                     f"{owner[key]!r} with the same source type; got it twice"
                 )
             owner.setdefault(key, p.name)
         kinds = [o.type for o in p.operators]
         if kinds.count("orderbook") != 1:
             errors.append(
-                f"pipelines[{p.name}].operators: expected exactly one orderbook operator; "
-                f"got {kinds}"
+                f"pipelines[{i}].operators: expected exactly one orderbook operator; got {kinds}"
             )
 
 
