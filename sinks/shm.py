@@ -400,6 +400,9 @@ def status_payload(status: BookStatus) -> bytes:
     )
 
 
+_BOOK, _TRADE, _STATUS = RecordType.BOOK, RecordType.TRADE, RecordType.STATUS  # fast lookups
+
+
 class _ShmPartition(StatelessSinkPartition[OutputEvent]):
     def __init__(self, writer: ShmWriter) -> None:
         self._writer = writer
@@ -410,11 +413,11 @@ class _ShmPartition(StatelessSinkPartition[OutputEvent]):
         write = self._writer.write
         for ev in items:
             if isinstance(ev, BookUpdate):
-                kind, payload = RecordType.BOOK, encode_book(ev)
+                kind, payload = _BOOK, encode_book(ev)
             elif isinstance(ev, Trade):
-                kind, payload = RecordType.TRADE, encode_trade(ev)
+                kind, payload = _TRADE, encode_trade(ev)
             elif isinstance(ev, BookStatus):
-                kind, payload = RecordType.STATUS, status_payload(ev)
+                kind, payload = _STATUS, status_payload(ev)
             else:
                 raise TypeError(f"expected a BookUpdate, Trade or BookStatus; got {ev!r}")
             try:

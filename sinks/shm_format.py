@@ -44,6 +44,8 @@ _FLAGS_OFFSET = 28
 WRITE_SEQ_OFFSET = 64
 # payload_len, record_type, symbol_len, reserved, write_time_ns, symbol
 _SLOT_HEAD = struct.Struct("<IBBHQ32s")
+_pack_slot_head = _SLOT_HEAD.pack_into
+_time_ns = time.time_ns
 assert _HEADER.size == WRITE_SEQ_OFFSET and 8 + _SLOT_HEAD.size == SLOT_HEADER_SIZE
 
 # Stores from Python are plain memcpy's. x86 keeps stores (and loads) in program order, so the
@@ -253,9 +255,7 @@ class RingWriter:
                 f"expected a payload of at most {self._max_payload} bytes (slot_size "
                 f"{self._slot_size} minus {SLOT_HEADER_SIZE}); got {n} bytes"
             )
-        sym = self._symbols.get(symbol)
-        if sym is None:
-            sym = self._symbol_bytes(symbol)
+        sym = self._symbols.get(symbol) or self._symbol_bytes(symbol)
         seq = self._seq + 1
         off = HEADER_SIZE + ((seq - 1) % self._slots) * self._slot_size
         q = self._q
@@ -264,7 +264,7 @@ class RingWriter:
         q[word] = 2 * seq - 1  # odd: slot being written
         if fence is not None:
             fence()
-        _SLOT_HEAD.pack_into(self._buf, off + 8, n, kind, len(sym), 0, time.time_ns(), sym)
+        _pack_slot_head(self._buf, off + 8, n, kind, len(sym), 0, _time_ns(), sym)
         self._buf[off + SLOT_HEADER_SIZE : off + SLOT_HEADER_SIZE + n] = payload
         if fence is not None:
             fence()
