@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from market_data.events import BookState, DepthDelta, DepthSnapshot, Market
-from operators.sync import BookSync, Outcome, Step
+from operators.sync import BookSync, Outcome, Step, break_reason, continues, is_stale, straddles
 from tests import reference
 
 F, S = Market.FUTURES, Market.SPOT
@@ -268,6 +268,35 @@ def test_crossed_snapshot_is_counted_not_refused() -> None:
 
 def test_market_accepts_its_string_value() -> None:
     assert BookSync("spot").market is S  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("market", "final", "lid", "stale"),
+    [(F, 19, 20, True), (F, 20, 20, False), (F, 21, 20, False),
+     (S, 19, 20, True), (S, 20, 20, True), (S, 21, 20, False)],
+)  # fmt: skip
+def test_is_stale(market: Market, final: int, lid: int, stale: bool) -> None:
+    assert is_stale(market, final, lid) is stale
+
+
+@pytest.mark.parametrize(
+    ("market", "first", "lid", "ok"),
+    [(F, 19, 20, True), (F, 20, 20, True), (F, 21, 20, False),
+     (S, 20, 20, True), (S, 21, 20, True), (S, 22, 20, False)],
+)  # fmt: skip
+def test_straddles(market: Market, first: int, lid: int, ok: bool) -> None:
+    assert straddles(market, first, lid) is ok
+
+
+@pytest.mark.parametrize(
+    ("market", "first", "pu", "last", "ok"),
+    [(F, 99, 25, 25, True), (F, 26, 24, 25, False), (F, 26, None, 25, False),
+     (S, 26, 999, 25, True), (S, 27, 25, 25, False), (S, 25, 24, 25, False)],
+)  # fmt: skip
+def test_continues(market: Market, first: int, pu: int | None, last: int, ok: bool) -> None:
+    assert continues(market, first, pu, last) is ok
+    reason = break_reason(market, first, pu, last)
+    assert (f"pu={pu}" if market is F else f"U={first}") in reason and f"u={last}" in reason
 
 
 # ---------------------------------------------------------------------------------------------
