@@ -65,6 +65,7 @@ class BinanceOptions(Options):
     snapshot_window_s: Annotated[float, Field(gt=0)] = 60.0
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
     poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
+    run_for_s: Annotated[float, Field(gt=0)] | None = None  # end the flow after this (soak, demos)
 
 
 class BinanceFuturesOptions(BinanceOptions):

@@ -1,7 +1,8 @@
 """Binance's snapshot/delta synchronisation, as a pure state machine.
 
 USD-M Futures (the documented procedure): buffer deltas until a snapshot arrives; drop events with
-``u < lastUpdateId``; the first applied event must satisfy ``U <= lastUpdateId <= u``; afterwards
+``u < lastUpdateId``; the first applied event must satisfy ``U <= lastUpdateId <= u`` (or, exactly
+equivalent, ``pu == lastUpdateId``: see :func:`straddles`); afterwards
 each event's ``pu`` must equal the previous event's ``u``. Spot: drop ``u <= lastUpdateId``; the
 first event must satisfy ``U <= lastUpdateId + 1 <= u``; afterwards ``U == previous u + 1``.
 
@@ -52,9 +53,17 @@ def is_stale(market: Market, final: int, lid: int) -> bool:
     return final < lid if market is Market.FUTURES else final <= lid
 
 
-def straddles(market: Market, first: int, lid: int) -> bool:
-    """A non-stale event starting at ``first`` may be the first one applied on a snapshot."""
-    return first <= lid if market is Market.FUTURES else first <= lid + 1
+def straddles(market: Market, first: int, prev_final: int | None, lid: int) -> bool:
+    """A non-stale event may be the first one applied on a snapshot at ``lid``.
+
+    Futures: Binance documents ``U <= lastUpdateId <= u``. An event whose ``pu`` equals
+    ``lastUpdateId`` also joins exactly (the snapshot is the state after the event that ended at
+    ``pu``); it happens when the connection opened after that event, and accepting it avoids a
+    needless resync loop.
+    """
+    if market is Market.FUTURES:
+        return first <= lid or prev_final == lid
+    return first <= lid + 1
 
 
 def continues(market: Market, first: int, prev_final: int | None, last: int) -> bool:
@@ -155,7 +164,7 @@ class BookSync:
         market, first, final = self.market, ev.first_update_id, ev.final_update_id
         if is_stale(market, final, lid):
             return Step(Outcome.STALE, final)
-        if not straddles(market, first, lid):
+        if not straddles(market, first, ev.prev_final_update_id, lid):
             return self._gap(
                 ev,
                 f"snapshot lastUpdateId={lid} is older than the stream (next event U={first})",

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import threading
+import time
 from collections import deque
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -105,6 +106,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         ]
         self._poll = timedelta(milliseconds=options.poll_interval_ms)
         self._awake: datetime | None = None
+        self._end_at = None if options.run_for_s is None else time.monotonic() + options.run_for_s
         self.fetcher.start()
         for conn in self.connections:
             conn.start()
@@ -119,6 +121,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
 
     @override
     def next_batch(self) -> list[SourceEvent]:
+        if self._end_at is not None and time.monotonic() >= self._end_at:
+            raise StopIteration  # run_for_s is over: the flow ends and sinks flush
         out: list[SourceEvent] = []
         queue = self._queue
         trackers = self._trackers

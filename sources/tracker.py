@@ -72,7 +72,7 @@ class SequenceTracker:
     def _join(self, first: int, final: int, prev_final: int | None) -> bool:
         if is_stale(self.market, final, self.last):
             return False
-        if straddles(self.market, first, self.last):
+        if straddles(self.market, first, prev_final, self.last):
             self.phase = Phase.LIVE
             self.last = final
             return False

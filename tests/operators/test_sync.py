@@ -280,12 +280,15 @@ def test_is_stale(market: Market, final: int, lid: int, stale: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("market", "first", "lid", "ok"),
-    [(F, 19, 20, True), (F, 20, 20, True), (F, 21, 20, False),
-     (S, 20, 20, True), (S, 21, 20, True), (S, 22, 20, False)],
+    ("market", "first", "pu", "lid", "ok"),
+    [(F, 19, 10, 20, True), (F, 20, 10, 20, True), (F, 21, 19, 20, False),
+     (F, 21, 20, 20, True),  # pu == lastUpdateId: the event follows the snapshot exactly
+     (F, 21, None, 20, False),
+     (S, 20, None, 20, True), (S, 21, None, 20, True), (S, 22, None, 20, False),
+     (S, 22, 20, 20, False)],  # spot ignores pu
 )  # fmt: skip
-def test_straddles(market: Market, first: int, lid: int, ok: bool) -> None:
-    assert straddles(market, first, lid) is ok
+def test_straddles(market: Market, first: int, pu: int | None, lid: int, ok: bool) -> None:
+    assert straddles(market, first, pu, lid) is ok
 
 
 @pytest.mark.parametrize(
