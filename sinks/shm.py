@@ -75,7 +75,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SINK_LABEL = "shm"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,250}$")
 
 _WRITING: set[str] = set()  # segments this process has open as a writer
@@ -211,7 +210,14 @@ class ShmWriter:
                 f"({layout.slot_count} slots x {layout.slot_size} bytes): {exc}{hint}"
             ) from None
         view = memoryview(mm)
-        init_header(view, layout, writer_pid=os.getpid(), worker_index=index, worker_count=count)
+        init_header(
+            view,
+            layout,
+            writer_pid=os.getpid(),
+            worker_index=index,
+            worker_count=count,
+            clear_slots=False,  # a new file reads as zeros
+        )
         view.release()
         resource_tracker.register(_path(name), "shared_memory")
         _WRITING.add(name)
@@ -258,6 +264,14 @@ class ShmWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        # bytewax does not call close() when a dataflow aborts; an abandoned writer must still
+        # give its segment (and lock) up, or a rerun in this process would find it "in use".
+        try:
+            self.close()
+        except Exception:  # e.g. at interpreter shutdown: nothing left to report to
+            pass
 
 
 def _reclaim(name: str) -> None:
@@ -401,11 +415,14 @@ def status_payload(status: BookStatus) -> bytes:
 
 
 _BOOK, _TRADE, _STATUS = RecordType.BOOK, RecordType.TRADE, RecordType.STATUS  # fast lookups
+DROP_TYPES = {_BOOK: "orderbook", _TRADE: "trade", _STATUS: "status"}
+"""The ``type`` label of ``sink_drops`` per record type (as the Redis sink labels them)."""
 
 
 class _ShmPartition(StatelessSinkPartition[OutputEvent]):
-    def __init__(self, writer: ShmWriter) -> None:
+    def __init__(self, writer: ShmWriter, label: str) -> None:
         self._writer = writer
+        self._label = label
         self._drops: dict[tuple[str, str], int] = {}
 
     @override
@@ -426,7 +443,7 @@ class _ShmPartition(StatelessSinkPartition[OutputEvent]):
                 self._dropped(kind, ev.symbol, exc)
 
     def _dropped(self, kind: RecordType, symbol: str, exc: RecordRejected) -> None:
-        SINK_DROPS.labels(sink=SINK_LABEL, type=kind.prefix).inc()
+        SINK_DROPS.labels(sink=self._label, type=DROP_TYPES[kind]).inc()
         key = (kind.prefix, symbol)
         count = self._drops[key] = self._drops.get(key, 0) + 1
         if count == 1 or count % 1000 == 0:  # first and every 1000th, not every record
@@ -445,11 +462,15 @@ class _ShmPartition(StatelessSinkPartition[OutputEvent]):
 
 
 class ShmSink(DynamicSink[OutputEvent]):
-    """Writes book updates, trades and status changes to one ring per worker."""
+    """Writes book updates, trades and status changes to one ring per worker.
 
-    def __init__(self, name: str, slots: int, slot_size: int) -> None:
+    ``label`` is the ``sink`` label of its metrics (``shm:<pipeline>`` from the config).
+    """
+
+    def __init__(self, name: str, slots: int, slot_size: int, label: str = "shm") -> None:
         self.name = name
         self.layout = Layout(slots, slot_size)
+        self.label = label
 
     @override
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ShmPartition:
@@ -460,13 +481,13 @@ class ShmSink(DynamicSink[OutputEvent]):
             worker_index=worker_index,
             worker_count=worker_count,
         )
-        return _ShmPartition(writer)
+        return _ShmPartition(writer, self.label)
 
 
 def build_sink(options: ShmSinkOptions, pipeline: PipelineConfig) -> ShmSink:
     """Registry builder for ``type: shm``."""
     try:
-        return ShmSink(options.name, options.slots, options.slot_size)
+        return ShmSink(options.name, options.slots, options.slot_size, f"shm:{pipeline.name}")
     except ShmFormatError as exc:
         raise ConfigError(f"pipeline {pipeline.name!r}: shm sink: {exc}") from None
 

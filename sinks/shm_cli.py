@@ -67,10 +67,19 @@ def record_line(segment: str, record: Record) -> bytes:
 class Follower:
     """Follows every segment under a name; the CLI's loop calls :meth:`scan` and :meth:`poll`."""
 
-    def __init__(self, name: str, out: IO[bytes], err: IO[str], *, from_start: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        out: IO[bytes],
+        err: IO[str],
+        *,
+        from_start: bool = False,
+        count: int | None = None,
+    ) -> None:
         self.name = name
         self.readers: dict[str, ShmReader] = {}
         self.printed = 0
+        self.count = count
         self._out = out
         self._err = err
         self._start: Start = "first" if from_start else "next"
@@ -89,7 +98,7 @@ class Follower:
                 self._drop(segment, f"unreadable: {exc}")
                 continue
             if gone:
-                self._poll_one(segment, reader, None)  # drain what is left
+                self._poll_one(segment, reader)  # drain what is left
                 self._drop(segment, "writer closed it or it was replaced")
         for segment in list_segments(self.name):
             if segment not in self.readers:
@@ -123,20 +132,22 @@ class Follower:
         self.readers.pop(segment).close()
         self._note(f"{segment}: stopped following: {why}")
 
-    def poll(self, limit: int | None = None) -> int:
-        """Print the new records of every segment (at most ``limit``); return how many."""
-        printed = 0
-        for segment, reader in list(self.readers.items()):
-            left = None if limit is None else limit - printed
-            if left == 0:
-                break
-            printed += self._poll_one(segment, reader, left)
-        self.printed += printed
-        return printed
+    @property
+    def done(self) -> bool:
+        """True once ``count`` records have been printed."""
+        return self.count is not None and self.printed >= self.count
 
-    def _poll_one(self, segment: str, reader: ShmReader, limit: int | None) -> int:
+    def poll(self) -> int:
+        """Print the new records of every segment (up to ``count`` in all); return how many."""
+        return sum(
+            self._poll_one(segment, reader) for segment, reader in list(self.readers.items())
+        )
+
+    def _poll_one(self, segment: str, reader: ShmReader) -> int:
+        if self.done:
+            return 0
         try:
-            records = reader.read(limit)
+            records = reader.read(None if self.count is None else self.count - self.printed)
         except ShmError as exc:
             self._drop(segment, f"unreadable: {exc}")
             return 0
@@ -161,6 +172,7 @@ class Follower:
                 f"({reader.last_error})"
             )
         self._counts[segment] = (reader.missed, reader.errors)
+        self.printed += len(lines)
         return len(lines)
 
     def close(self) -> None:
@@ -172,7 +184,9 @@ class Follower:
 
 def tail(args: argparse.Namespace) -> int:
     """The ``tail`` command."""
-    follower = Follower(args.name, sys.stdout.buffer, sys.stderr, from_start=args.from_start)
+    follower = Follower(
+        args.name, sys.stdout.buffer, sys.stderr, from_start=args.from_start, count=args.count
+    )
     deadline = None if args.exit_after is None else time.monotonic() + args.exit_after
     next_scan = 0.0
     waiting_noted = False
@@ -187,10 +201,9 @@ def tail(args: argparse.Namespace) -> int:
                 if not follower.readers and not waiting_noted:
                     follower._note(f"waiting for segments named {args.name} or {args.name}.w*")
                     waiting_noted = True
-            left = None if args.count is None else args.count - follower.printed
-            if not follower.poll(left):
+            if not follower.poll():
                 time.sleep(args.poll_ms / 1000)
-            if args.count is not None and follower.printed >= args.count:
+            if follower.done:
                 return 0
     except KeyboardInterrupt:
         return 0

@@ -161,12 +161,16 @@ def init_header(
     writer_pid: int,
     worker_index: int = 0,
     worker_count: int = 1,
+    clear_slots: bool = True,
 ) -> None:
-    """Write a fresh header (``write_seq`` 0, empty slots); the magic is written last."""
+    """Write a fresh header (``write_seq`` 0, empty slots); the magic is written last.
+
+    ``clear_slots=False`` skips zeroing the slots' sequence words, for a buffer known to be zero.
+    """
     if len(buf) < layout.total_size:
         raise ShmFormatError(f"expected a buffer of {layout.total_size} bytes; got {len(buf)}")
     buf[:HEADER_SIZE] = bytes(HEADER_SIZE)
-    for i in range(layout.slot_count):  # only the sequence words need clearing
+    for i in range(layout.slot_count if clear_slots else 0):  # only sequence words matter
         off = HEADER_SIZE + i * layout.slot_size
         buf[off : off + 8] = bytes(8)
     fields = (

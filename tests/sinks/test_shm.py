@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import _posixshmem
+import gc
 import os
 import select
 import subprocess
@@ -249,6 +250,30 @@ def test_garbage_header_is_a_format_error(data: bytes) -> None:
 
 @settings(max_examples=300, deadline=None)
 @given(
+    patches=st.lists(
+        st.tuples(st.integers(0, 127), st.binary(min_size=1, max_size=16)), min_size=1
+    ),
+    size=st.integers(0, HEADER_SIZE + 4 * 256),
+)
+def test_damaged_header_is_a_format_error_or_still_readable(
+    patches: list[tuple[int, bytes]], size: int
+) -> None:
+    buf, layout = ring(4, 256)
+    writer = RingWriter(buf, layout)
+    write_n(writer, 1, 3)
+    writer.release()
+    for offset, data in patches:
+        data = data[: HEADER_SIZE - offset]
+        buf[offset : offset + len(data)] = data
+    try:
+        reader = RingReader(buf[:size], start="first")
+        reader.read()
+    except ShmFormatError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
     head=st.integers(0, 2**64 - 1) | st.integers(0, 40),
     patches=st.lists(st.tuples(st.integers(0, 4 * 256 - 1), st.binary(min_size=1, max_size=64))),
     start=st.sampled_from(["next", "oldest", "first"]),
@@ -433,6 +458,15 @@ def test_segment_of_a_live_writer_pid_is_refused(name: str) -> None:
         sleeper.wait()
     assert (SHM_DIR / name).exists()  # untouched
     with ShmWriter.create(name, 4, 128):  # and reusable once that process is gone
+        pass
+
+
+def test_an_abandoned_writer_gives_its_segment_up(name: str) -> None:
+    writer = ShmWriter.create(name, 4, 128)
+    del writer
+    gc.collect()
+    assert not (SHM_DIR / name).exists()
+    with ShmWriter.create(name, 4, 128):
         pass
 
 
@@ -647,7 +681,7 @@ def test_oversized_records_are_counted_as_drops(name: str) -> None:
         ShmSinkOptions(name=name, slots=8, slot_size=256),
         PipelineConfig("p", ReplayOptions(path="x"), (OrderBookOptions(),), ()),
     )
-    drops = SINK_DROPS.labels(sink="shm", type="orderbook")
+    drops = SINK_DROPS.labels(sink="shm:p", type="orderbook")
     before = drops._value.get()
     part = sink.build("publish_shm", 0, 1)
     try:
