@@ -128,6 +128,8 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self._client = client
         self._options = options
         self._targets = _TARGETS[options.mode]
+        self._stream = bool(self._targets & Target.STREAM)
+        self._publish = bool(self._targets & Target.PUBLISH)
         self._url = redact_url(options.url)
         self._label = sink_label
         self._backoff = ExponentialBackoff.from_ms(options.retry_initial_ms, options.retry_max_ms)
@@ -196,24 +198,32 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             name = self._names[kind, symbol] = channel(self._options.channel_prefix, kind, symbol)
         return name
 
-    def _queue(self, pipe: Pipeline, pending: Pending) -> None:
+    def _queue(self, pipe: Pipeline, pending: Pending) -> tuple[bool, bool]:
+        """Queue the commands for ``pending``; return which of (stream, publish) were queued."""
         item = pending.item
         if isinstance(item, BookUpdate):
             name, payload, entry_id = self._name(BOOK_PREFIX, item.symbol), encode_book(item), "*"
         else:
             name, payload = self._name(TRADE_PREFIX, item.symbol), encode_trade(item)
             entry_id = f"{item.trade_time_ms}-{item.trade_id}"
-        if pending.targets & Target.STREAM:
+        if pending.targets is self._targets:  # the usual case; IntFlag arithmetic is slow
+            stream, publish = self._stream, self._publish
+        else:
+            stream, publish = (
+                bool(pending.targets & Target.STREAM),
+                bool(pending.targets & Target.PUBLISH),
+            )
+        if stream:
             maxlen = self._options.stream_maxlen
-            pipe.xadd(name, {"data": payload}, id=entry_id, maxlen=maxlen, approximate=True)
-        if pending.targets & Target.PUBLISH:
-            pipe.publish(name, payload)
+            pipe.execute_command("XADD", name, "MAXLEN", "~", maxlen, entry_id, "data", payload)
+        if publish:
+            pipe.execute_command("PUBLISH", name, payload)
+        return stream, publish
 
     def _send(self, writes: list[Pending], now: float) -> bool:
         """Write ``writes`` in one pipeline; True unless they had to be held for a retry."""
         pipe = self._client.pipeline(transaction=False)
-        for pending in writes:
-            self._queue(pipe, pending)
+        queued = [self._queue(pipe, pending) for pending in writes]
         try:
             replies = pipe.execute(raise_on_error=False)
         except (RedisError, OSError) as exc:  # unknown how much Redis executed
@@ -223,10 +233,10 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         retry: list[Pending] = []
         first_error: Exception | None = None
         replies_iter = iter(replies)
-        for pending in writes:
+        for pending, (stream, publish) in zip(writes, queued, strict=True):
             left, ok = Target(0), True
-            for target in (Target.STREAM, Target.PUBLISH):
-                if not pending.targets & target:
+            for target, sent in ((Target.STREAM, stream), (Target.PUBLISH, publish)):
+                if not sent:
                     continue
                 reply = next(replies_iter)
                 if not isinstance(reply, Exception):
