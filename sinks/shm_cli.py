@@ -84,6 +84,7 @@ class Follower:
         self._err = err
         self._start: Start = "first" if from_start else "next"
         self._reported: dict[str, str] = {}
+        self._failures: dict[str, int] = {}
         self._counts: dict[str, tuple[int, int]] = {}
 
     def _note(self, message: str) -> None:
@@ -111,7 +112,9 @@ class Follower:
         except ShmNotFoundError:
             return
         except ShmError as exc:
-            if self._reported.get(segment) != str(exc):
+            # A writer initialising its segment is briefly invalid: report from the 2nd scan on.
+            failures = self._failures[segment] = self._failures.get(segment, 0) + 1
+            if failures >= 2 and self._reported.get(segment) != str(exc):
                 self._reported[segment] = str(exc)
                 self._note(f"{segment}: skipped: {exc}")
             return
@@ -120,6 +123,7 @@ class Follower:
             reader.close()
             return
         self._reported.pop(segment, None)
+        self._failures.pop(segment, None)
         self.readers[segment] = reader
         self._counts[segment] = (reader.missed, reader.errors)
         alive = "" if pid_alive(header.writer_pid) else ", not running"

@@ -555,6 +555,35 @@ def test_tail_follows_every_worker_segment_and_discovers_new_ones(name: str) -> 
     ]
 
 
+def test_tail_follows_a_writer_that_restarts(name: str) -> None:
+    seg = segment_name(name, 0)
+    first = ShmWriter.create(seg, 8, 256)
+    proc = subprocess.Popen(
+        cli("tail", name, "--count", "5", "--exit-after", "20"),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _read_stderr_until(proc, f"following {seg}".encode(), 20)
+        write_n(first, 1, 2)
+        first.close()
+        with ShmWriter.create(seg, 8, 256) as second:  # same name, a new segment: seq from 1
+            write_n(second, 3, 5)
+            out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        first.close()
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert [(x["seq"], x["data"]["trade_id"]) for x in lines] == [
+        (1, 5001),
+        (2, 5002),
+        (1, 5003),
+        (2, 5004),
+        (3, 5005),
+    ]
+
+
 def test_tail_survives_a_garbage_segment(name: str) -> None:
     raw_segment(f"{name}.w0", os.urandom(1000))
     result = subprocess.run(
