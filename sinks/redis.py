@@ -11,34 +11,45 @@ In mode ``both`` a stream key and a channel share one name on purpose: pub/sub c
 keys (``PUBLISH`` never touches the keyspace), so a consumer can ``XRANGE``/``XREAD`` the key to
 catch up and ``SUBSCRIBE`` to the same name to follow. ``BookStatus`` items are not published.
 
-Each bytewax batch is written with one non-transactional pipeline on the worker's own connection
-pool, opened in :meth:`RedisSink.build`.
+Each bytewax batch is written with one non-transactional pipeline. Each worker gets its own
+connection pool in :meth:`RedisSink.build` (connections are made on first use, so a Redis that is
+down at start-up is just an outage).
 
 Delivery when Redis is down, restarting or slow (``write_batch`` never raises for it):
 
 * The items of a failed write are held in a :class:`~sinks.buffer.PendingBuffer`: the latest book
   per symbol (conflated) and up to ``max_buffer`` trades in order; beyond that the oldest trades
-  are dropped, counted in ``sink_drops{type="trade"}`` and logged once per outage.
+  are dropped, counted in ``sink_drops{type="trade"}`` and logged once per outage. While items
+  are held, new ones queue behind them, so order is kept.
 * The partition retries from ``write_batch`` once the delay of an :class:`ExponentialBackoff`
-  (``retry_initial_ms`` doubling up to ``retry_max_ms``) has passed; it never sleeps there. A
-  retry can block for up to ``socket_timeout_s`` (connect or read timeout). With no new items,
-  held ones wait for the next batch or for :meth:`RedisPartition.close`.
+  (``retry_initial_ms`` doubling up to ``retry_max_ms``) has passed on its clock; it never sleeps
+  there, but one attempt can block for up to ``socket_timeout_s`` (connect or read timeout).
+  With no new items, held ones wait for the next batch or for :meth:`RedisPartition.close`, which
+  keeps trying for :data:`CLOSE_TIMEOUT_S` and counts what is left in ``sink_drops``. After an
+  outage at most :data:`FLUSH_CHUNK` held trades go out per batch.
 * A write that failed after it was sent may have been executed. Trades in streams therefore
   carry explicit ids ``<trade_time_ms>-<trade_id>``: Redis rejects a re-sent trade as not newer
-  than the stream's top, so **each trade is in its stream once and in order** (given that trade
-  time never decreases as trade id grows, as with Binance aggTrades, and that nothing else
-  writes the key). Book entries use ``*`` ids: the latest book may be repeated (a repeated state
-  is harmless). **Pub/sub is at-least-once across such failures**: a re-sent ``PUBLISH`` reaches
-  subscribers twice; ``trade_id`` (strictly increasing per symbol) identifies repeats. Redis
-  pub/sub itself is at-most-once: subscribers miss what is published while they are not
-  connected, e.g. while Redis restarts.
+  than the stream's top, so **each trade is in its stream once and in order**, provided trade
+  time never decreases as trade id grows (true of Binance aggTrades) and nothing else writes the
+  key (pipelines that carry the same symbol need different ``channel_prefix`` values). A
+  rejection of a trade never sent before is counted in ``redis_errors`` and logged. Book entries
+  use ``*`` ids: the latest book may appear twice (a repeated state is harmless).
+* **Pub/sub is at-least-once across such failures**: a re-sent ``PUBLISH`` reaches subscribers
+  twice; ``trade_id`` (strictly increasing per symbol) identifies repeats. Redis pub/sub itself is
+  at-most-once: subscribers miss what is published while they are not connected, e.g. while
+  Redis restarts; the streams are the way to catch up.
 * Transient server refusals (OOM, READONLY, MISCONF, BUSY, TRYAGAIN, ...) are retried like an
-  outage; other command errors (e.g. ``WRONGTYPE``) drop that write, counted and logged.
+  outage, for the refused commands only; other command errors (e.g. ``WRONGTYPE``: the name holds
+  another type) drop that write, counted in ``redis_errors`` and ``sink_drops`` and logged once
+  per symbol and message. If Redis refuses a trade's ``XADD`` but accepts a later trade of the
+  same symbol in the same pipeline, the refused one can no longer enter the stream (it is
+  logged as a rejection when retried).
 
-Metrics: ``redis_publishes{symbol,type}`` per item written, ``redis_errors{symbol}`` per failed
-attempt and symbol in it, ``sink_buffer_depth{sink}`` and ``sink_drops{sink,type}`` with ``sink``
-= ``redis:<pipeline>``, and ``processing_latency_*{symbol}`` from ``recv_ns`` to the moment the
-pipeline returned. URLs are logged with their password replaced by ``***``.
+Metrics: ``redis_publishes{symbol,type}`` per item fully written (``type`` is ``orderbook`` or
+``trade``), ``redis_errors{symbol}`` per failed attempt and symbol in it and per refused write,
+``sink_buffer_depth{sink}`` and ``sink_drops{sink,type}`` with ``sink`` = ``redis:<pipeline>``,
+and ``processing_latency_*{symbol}``: ``recv_ns`` to the moment the pipeline returned, for items
+with ``recv_ns > 0``. URLs are logged with any password replaced by ``***``.
 """
 
 from __future__ import annotations
