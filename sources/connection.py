@@ -78,6 +78,7 @@ class WsConnection:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ws-{plan.streams[0]}", daemon=True)
         self._ws: websocket.WebSocket | None = None
+        self._opened_at = 0.0
 
     def start(self) -> None:
         """Start the connection's thread."""
@@ -102,6 +103,7 @@ class WsConnection:
             enable_multithread=True,
         )
         ws.settimeout(RECV_TIMEOUT_S)
+        self._opened_at = time.monotonic()  # its age counts from here, overlap included
         return ws
 
     def _run(self) -> None:
@@ -149,8 +151,8 @@ class WsConnection:
     def _read(self, ws: websocket.WebSocket, until: float | None = None) -> str:
         """Read frames until the connection ends; return why it ended."""
         settings = self.settings
-        opened = time.monotonic()
-        last_frame = opened
+        opened = self._opened_at
+        last_frame = time.monotonic()
         url = self.plan.url
         on_frame = self._on_frame
         while not self._stop.is_set():

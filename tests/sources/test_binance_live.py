@@ -107,3 +107,54 @@ def test_each_fault_is_recovered_without_a_wrong_book(fault):
         for symbol in symbols:
             states = [e for e in out if isinstance(e, BookStatus) and e.symbol == symbol]
             assert states and states[-1].state is BookState.SYNCED, (symbol, states[-3:])
+
+
+def test_two_hundred_symbols_split_streams_and_pace_snapshots():
+    symbols = [f"S{i:03d}USDT" for i in range(200)]
+    # The exchange allows 60 weight per second; each snapshot (limit 50) weighs 2, so 200
+    # snapshots need at least 400 / 60 ~ 6.7 s. The source is told 50 per second.
+    config = SimulatorConfig(
+        symbols=tuple(symbols), rate=1, seed=5, weight_budget=60, weight_window_s=1.0, levels=100
+    )
+    with Simulator(config) as sim:
+        out = run_live(
+            sim,
+            symbols,
+            seconds=14.0,
+            partitions=2,
+            max_streams_per_connection=64,
+            snapshot_limit=50,
+            snapshot_weight_budget=50,
+            snapshot_window_s=1.0,
+        )
+        counts = sim.counts()
+    # 2 partitions x 100 symbols: depth on /public and aggTrade on /market, 64 streams each at
+    # most -> ceil(100 / 64) = 2 connections per route per partition.
+    assert counts["ws_connections"] == 2 * 2 * 2
+    assert counts.get("rest_429", 0) == 0 and counts.get("rest_418", 0) == 0
+    synced = {
+        e.symbol: e.recv_time
+        for e in out
+        if isinstance(e, BookStatus) and e.state is BookState.SYNCED
+    }
+    assert set(synced) == set(symbols)
+    spread = max(synced.values()) - min(synced.values())
+    # 25 snapshots fit the first window, then 25 a second: the last is sent ~7 s after the
+    # first; a book syncs on the first delta after its snapshot (up to ~1 s at 1 update/s).
+    assert spread >= (200 - 25) / 25 - 1.2, f"snapshots were not paced: synced within {spread:.1f}s"
+    assert not [e for e in out if isinstance(e, BookStatus) and e.state is BookState.RESYNCING]
+
+
+def test_connection_is_replaced_before_the_exchange_cuts_it():
+    symbols = ["BTCUSDT", "ETHUSDT"]
+    config = SimulatorConfig(symbols=tuple(symbols), rate=40, seed=2, max_lifetime_s=3.5)
+    with Simulator(config) as sim:
+        out = run_live(sim, symbols, seconds=8.0, max_connection_age_s=1.5)
+        counts = sim.counts()
+    # Each connection was replaced (several times) before its 3.5 s cut, so the exchange never
+    # had to cut one and no book ever needed a resync.
+    assert counts["ws_connections"] >= 2 * 3
+    assert counts.get("lifetime_closed", 0) == 0
+    assert_books_match(sim, out)
+    statuses = [e for e in out if isinstance(e, BookStatus)]
+    assert [s.state for s in statuses] == [BookState.SYNCED] * len(symbols), statuses
