@@ -207,6 +207,24 @@ def test_flow_publishes_the_exact_payloads_and_skips_book_status(
     assert orjson.loads(expected[0][1])["bids"][0] == [50000.12345678, 1.5]
 
 
+def test_flow_runs_to_completion_while_redis_is_down() -> None:
+    opts = RedisSinkOptions(url=f"redis://127.0.0.1:{free_port()}", retry_initial_ms=10)
+    sink = f"redis:down-{uuid.uuid4().hex[:6]}"
+    items: list[OutputEvent] = [trade("DOWNUSDT", i) for i in range(1, 7)]
+    items += [book("DOWNUSDT", i) for i in range(1, 4)]
+    source: TestingSource[OutputEvent] = TestingSource(items, batch_size=2)
+    flow = Dataflow("redis_down_test")
+    op.output(
+        "publish_redis",
+        op.input("events", flow, source),
+        RedisSink(opts, sink, close_timeout_s=0.1),
+    )
+    run_main(flow)  # no exception: everything held, then counted at close
+    assert sample("sink_drops_total", sink=sink, type="trade") == 6
+    assert sample("sink_drops_total", sink=sink, type="orderbook") == 1  # conflated to one
+    assert sample("sink_buffer_depth", sink=sink) == 0
+
+
 # --- streams ------------------------------------------------------------------------------------
 
 
