@@ -126,6 +126,23 @@ def _lock(fd: int) -> bool:
     return True
 
 
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _identity_of(name: str) -> tuple[int, int] | None:
+    """The file that segment ``name`` is now, or None if there is none."""
+    try:
+        fd = _open(name, os.O_RDONLY)
+    except ShmNotFoundError:
+        return None
+    try:
+        return _identity(fd)
+    finally:
+        os.close(fd)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (in this PID namespace)."""
     if pid <= 0:
@@ -251,7 +268,8 @@ class ShmWriter:
         if self._mm is None:
             return
         mark_closed(self._view)
-        _unlink(self.name)
+        if _identity_of(self.name) == _identity(self._fd):  # not one re-created under our name
+            _unlink(self.name)
         resource_tracker.unregister(_path(self.name), "shared_memory")
         _WRITING.discard(self.name)
         self._ring.release()
@@ -323,8 +341,7 @@ class ShmReader:
         self.name = name
         fd = _open(name, os.O_RDONLY)
         try:
-            st = os.fstat(fd)
-            self._identity = (st.st_dev, st.st_ino)
+            self._identity = _identity(fd)
             try:
                 self._mm: mmap.mmap | None = _map(fd, writable=False)
             except (ShmFormatError, ValueError, OSError) as exc:
@@ -378,15 +395,7 @@ class ShmReader:
 
     def replaced(self) -> bool:
         """True if ``name`` no longer refers to this segment (unlinked, maybe re-created)."""
-        try:
-            fd = _open(self.name, os.O_RDONLY)
-        except ShmNotFoundError:
-            return True
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        return (st.st_dev, st.st_ino) != self._identity
+        return _identity_of(self.name) != self._identity
 
     def close(self) -> None:
         """Unmap the segment (never unlinks it). Idempotent."""

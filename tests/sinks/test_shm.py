@@ -461,6 +461,37 @@ def test_segment_of_a_live_writer_pid_is_refused(name: str) -> None:
         pass
 
 
+def test_close_does_not_unlink_a_segment_re_created_under_the_same_name(name: str) -> None:
+    code = """
+        import os, sys
+        from sinks.shm import ShmWriter
+        old = ShmWriter.create(sys.argv[1], 4, 128)
+        os.unlink("/dev/shm/" + sys.argv[1])  # removed by hand while still open ...
+        print("go", flush=True)
+        sys.stdin.readline()  # ... and re-created by another writer
+        old.close()
+        print("closed")
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), name],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "go\n"
+        with ShmWriter.create(name, 4, 128):
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "closed\n"
+            assert (SHM_DIR / name).exists()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_an_abandoned_writer_gives_its_segment_up(name: str) -> None:
     writer = ShmWriter.create(name, 4, 128)
     del writer
