@@ -85,22 +85,35 @@ def test_books_and_trades_match_the_exchange():
             assert got == [a for a in sent if got[0] <= a <= got[-1]], symbol
 
 
-@pytest.mark.parametrize("fault", ["gap", "disconnect", "duplicate", "malformed", "unknown_event"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "gap",
+        "disconnect",
+        "duplicate",
+        "malformed",
+        "unknown_event",
+        "snapshot_429",
+        "snapshot_lag",
+    ],
+)
 def test_each_fault_is_recovered_without_a_wrong_book(fault):
     symbols = ["BTCUSDT", "ETHUSDT"]
     rate = {
         "gap": 0.03,
-        "disconnect": 0.01,
+        "disconnect": 0.05,
         "duplicate": 0.1,
         "malformed": 0.1,
         "unknown_event": 0.1,
+        "snapshot_429": 0.5,
+        "snapshot_lag": 3,
     }[fault]
     config = SimulatorConfig(
-        symbols=tuple(symbols), rate=40, seed=11, faults=FaultConfig(**{fault: rate})
+        symbols=tuple(symbols), rate=40, seed=11, faults=FaultConfig().with_(**{fault: rate})
     )
     with Simulator(config) as sim:
         out = run_live(sim, symbols, seconds=5.0)
-        assert sim.counts().get(fault, 0) > 0 or fault in ("gap", "disconnect"), sim.counts()
+        assert sim.counts().get(fault, 0) > 0, sim.counts()  # the fault really happened
         checked = assert_books_match(sim, out)
         assert set(checked) == set(symbols)
         # After the last resync of each symbol, its book came back.
@@ -158,3 +171,32 @@ def test_connection_is_replaced_before_the_exchange_cuts_it():
     assert_books_match(sim, out)
     statuses = [e for e in out if isinstance(e, BookStatus)]
     assert [s.state for s in statuses] == [BookState.SYNCED] * len(symbols), statuses
+
+
+def test_every_fault_at_once_books_stay_right_and_recover_quickly():
+    symbols = ["BTCUSDT", "ETHUSDT", "BNBUSDT"]
+    faults = FaultConfig().with_(
+        gap=0.02, disconnect=0.01, duplicate=0.05, malformed=0.05, unknown_event=0.05,
+        snapshot_429=0.2, snapshot_lag=2, snapshot_delay_s=0.2,
+    )  # fmt: skip
+    config = SimulatorConfig(symbols=tuple(symbols), rate=40, seed=21, faults=faults)
+    with Simulator(config) as sim:
+        out = run_live(sim, symbols, seconds=12.0)
+        counts = sim.counts()
+    for fault in ("gap", "duplicate", "malformed", "unknown_event"):
+        assert counts.get(fault, 0) > 0, (fault, counts)
+    checked = assert_books_match(sim, out)
+    assert set(checked) == set(symbols)
+    # Each time a book was dropped, it came back within a few seconds.
+    for symbol in symbols:
+        statuses = [e for e in out if isinstance(e, BookStatus) and e.symbol == symbol]
+        down_since = None
+        for status in statuses:
+            if status.state is BookState.RESYNCING and down_since is None:
+                down_since = status.recv_time
+            elif status.state is BookState.SYNCED and down_since is not None:
+                assert status.recv_time - down_since < 5.0, f"{symbol} took too long to resync"
+                down_since = None
+        assert statuses[-1].state is BookState.SYNCED or (
+            down_since is not None and statuses[-1].recv_time - down_since < 5.0
+        ), symbol
