@@ -394,13 +394,15 @@ class RingReader:
             word = off >> 3
             w1 = q[word]
             if w1 != 2 * seq:
-                if w1 > 2 * seq:  # the writer lapped us since we read head
-                    self.missed += 1
-                    head = max(head, self._head())
+                if w1 > 2 * seq:  # the writer lapped us since we read head: skip what it overwrote
+                    # (``head`` stays the snapshot, so that a writer faster than this reader
+                    # cannot keep read() from returning)
+                    self._next = max(seq + 1, self._head() - self._slots + 1)
+                    self.missed += self._next - seq
                 else:
                     self.errors += 1
                     self.last_error = f"record {seq}: sequence word {w1}, expected {2 * seq}"
-                self._next = seq + 1
+                    self._next = seq + 1
                 continue
             if fence is not None:
                 fence()

@@ -374,6 +374,55 @@ def test_reader_in_another_process_sees_every_record_in_order(name: str) -> None
     assert not (SHM_DIR / name).exists()
 
 
+def test_reader_racing_a_faster_writer_never_gets_a_torn_record(name: str) -> None:
+    # A small ring, a writer process in a tight loop and a reader here: the reader is lapped
+    # again and again, and every record it does deliver must be exactly what was written.
+    total = 60_000
+    code = """
+        import sys
+        from sinks.shm import ShmWriter, RecordType
+        writer = ShmWriter.create(sys.argv[1], 16, 256)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for seq in range(1, int(sys.argv[2]) + 1):
+            writer.write(RecordType.TRADE, "S%d" % (seq % 97), b"%d:" % seq + b"x" * (seq % 150))
+        print("done", flush=True)
+        sys.stdin.readline()
+        writer.close()
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), name, str(total)],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        reader = ShmReader(name, start="first")
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        delivered, last = 0, 0
+        while reader.next_seq <= total:
+            for r in reader.read(100):
+                assert r.seq > last
+                assert (r.symbol, r.payload) == (
+                    f"S{r.seq % 97}",
+                    b"%d:" % r.seq + b"x" * (r.seq % 150),
+                )
+                delivered, last = delivered + 1, r.seq
+        assert proc.stdout.readline() == "done\n"
+        assert (reader.errors, delivered + reader.missed) == (0, total)
+        assert delivered >= 16  # at least the last lap
+        reader.close()
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+
+
 def test_a_reader_beside_the_writer_leaves_the_resource_tracker_consistent(name: str) -> None:
     # The usual work-around (unregister after attaching) breaks exactly this: the tracker forgets
     # the writer's registration and prints a KeyError traceback when the writer unlinks.
