@@ -59,7 +59,20 @@ class SymbolState:
             elif type(ev) is Trade:
                 self._on_trade(ev, out)
             elif type(ev) is DepthSnapshot:
+                was_synced, before = self.sync.synced, len(out)
                 self._on_steps(self.sync.on_snapshot(ev), ev.recv_time, out)
+                said = any(type(o) is BookStatus for o in out[before:])
+                if was_synced and not self.sync.synced and not said:
+                    # A newer snapshot replaced the live book: say so until it joins the stream.
+                    out.append(
+                        BookStatus(
+                            self.symbol,
+                            BookState.RESYNCING,
+                            "newer snapshot replaced the live book",
+                            ev.last_update_id,
+                            ev.recv_time,
+                        )
+                    )
             elif type(ev) is ResyncRequest:
                 self._on_steps((self.sync.reset(ev.reason),), ev.recv_time, out)
             elif type(ev) in (FrameError, Ignored):

@@ -151,6 +151,10 @@ def test_newer_snapshot_replacing_a_live_book_publishes_only_after_the_next_sync
     state = synced_state()
     out = state.on_events([snapshot(40, [(50, 1)], [(60, 1)])])
     assert not any(isinstance(o, BookUpdate) for o in out)
+    # The live book stops being published, and readiness hears about it.
+    assert [(o.state, o.reason) for o in out if isinstance(o, BookStatus)] == [
+        (BookState.RESYNCING, "newer snapshot replaced the live book")
+    ]
     assert state.on_events([delta(22, 39, 21)]) == []  # stale against the new snapshot
     out = state.on_events([delta(40, 41, 39, [(51, 2)])])
     update = out[-1]
