@@ -162,3 +162,35 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "nope.yaml: cannot read the config file: No such file or directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_launcher_runs_a_two_process_cluster(single, tmp_path):
+    config = replay_config(tmp_path, "books.jsonl")
+    env = {**os.environ, "PIPELINES_FILE": str(config)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.launch", "-n", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = lines(sorted(tmp_path.glob("books.w*.jsonl")))
+    assert len(records) == len(single)
+    assert last_books(records) == last_books(single)
+
+
+def test_launcher_reports_a_failing_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.launch", "-n", "2"],
+        cwd=ROOT,
+        env={**os.environ, "PIPELINES_FILE": str(tmp_path / "missing.yaml")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "cannot read the config file" in proc.stderr
