@@ -1,0 +1,113 @@
+"""Command line: ``python -m sources.simulator --symbols BTCUSDT,ETHUSDT --port 0 --rate 100``.
+
+Prints the WebSocket and REST base URLs it listens on (and a few ready-made URLs), then serves
+until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+from market_data import ConfigError
+from market_data.events import Market
+from sources.simulator.config import SimulatorConfig
+from sources.simulator.faults import FaultConfig, parse_faults
+from sources.simulator.market import SimulatorError
+from sources.simulator.server import Simulator
+
+
+def _rates(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        sym, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected SYMBOL=RATE; got {item!r}")
+        try:
+            out[sym.strip().upper()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{sym}: expected a number; got {value!r}") from None
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments."""
+    p = argparse.ArgumentParser(
+        prog="python -m sources.simulator",
+        description="A local Binance USD-M Futures (or spot) market-data simulator.",
+    )
+    p.add_argument("--symbols", default="BTCUSDT", help="comma-separated (default: BTCUSDT)")
+    p.add_argument("--spot", action="store_true", help="imitate spot instead of USD-M Futures")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="WebSocket port (0: any free port)")
+    p.add_argument("--rest-port", type=int, default=0, help="REST port (0: any free port)")
+    p.add_argument("--rate", type=float, default=100.0, help="book updates/s per symbol")
+    p.add_argument("--rates", type=_rates, default={}, help="per symbol: BTCUSDT=500,ETHUSDT=50")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--faults",
+        default="",
+        help="e.g. gaps=0.01,disconnect=0.001,duplicate=0.01,malformed=0.01,unknown=0.01,"
+        "snapshot_delay=2,snapshot_429=0.2,snapshot_lag=50",
+    )
+    p.add_argument("--ping-interval", type=float, default=None, help="seconds between pings")
+    p.add_argument("--pong-timeout", type=float, default=None, help="seconds to wait for a pong")
+    p.add_argument("--max-lifetime", type=float, default=86_400.0, help="seconds per connection")
+    p.add_argument(
+        "--legacy-delivers", action="store_true", help="deliver futures streams on /ws and /stream"
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the simulator until interrupted; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    try:
+        faults = parse_faults(args.faults) if args.faults else FaultConfig()
+        config = SimulatorConfig(
+            symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+            market=Market.SPOT if args.spot else Market.FUTURES,
+            host=args.host,
+            ws_port=args.port,
+            rest_port=args.rest_port,
+            seed=args.seed,
+            rate=args.rate,
+            rates=args.rates,
+            ping_interval_s=args.ping_interval,
+            pong_timeout_s=args.pong_timeout,
+            max_lifetime_s=args.max_lifetime,
+            legacy_delivers=args.legacy_delivers,
+            faults=faults,
+        )
+        sim = Simulator(config).start()
+    except (ConfigError, SimulatorError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        sim.stop()
+
+    signal.signal(signal.SIGTERM, _stop)
+    first = config.symbols[0].lower()
+    print(f"ws   {sim.ws_url}", flush=True)
+    print(f"rest {sim.rest_url}", flush=True)
+    if config.market is Market.FUTURES:
+        print(f"e.g. {sim.stream_url([f'{first}@depth@100ms'])}", flush=True)
+        print(f"     {sim.stream_url([f'{first}@aggTrade'], route='market')}", flush=True)
+    else:
+        print(f"e.g. {sim.stream_url([f'{first}@depth@100ms', f'{first}@aggTrade'], route='')}")
+    print(f"     {sim.depth_url(config.symbols[0])}", flush=True)
+    try:
+        sim.wait()
+    except KeyboardInterrupt:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The simulated exchange's state: every symbol's book, the frames it publishes, its snapshots.
+
+No I/O: :meth:`Exchange.tick` advances the market by one step and returns the frames due, encoded
+once; the server decides who gets them. Safe to query from another thread (one lock).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from market_data.events import DECIMALS, Market
+from sources.simulator.config import SimulatorConfig
+from sources.simulator.market import (
+    BookHistory,
+    BookLevels,
+    Fill,
+    MarketModel,
+    SimulatorError,
+    SymbolSpec,
+    Update,
+    fmt,
+)
+from sources.simulator.streams import (
+    MARK_PRICE_SPEEDS,
+    depth_speeds,
+    depth_stream,
+    mark_price_stream,
+)
+
+AGG_TRADE_MS = 100
+"""USD-M Futures pushes aggTrade every 100 ms; spot pushes it as it happens (every tick here)."""
+MAX_TRADES_KEPT = 1_000_000
+FUNDING_INTERVAL_MS = 8 * 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One payload due on one stream: ``data`` is the bare JSON text."""
+
+    stream: str
+    symbol: str
+    data: str
+    depth: bool = False  # a diff. depth frame: the only kind a gap fault drops
+
+    def enveloped(self) -> str:
+        """The combined-stream form: ``{"stream":...,"data":...}``."""
+        return f'{{"stream":"{self.stream}","data":{self.data}}}'
+
+
+class _DepthBatch:
+    """The net changes of one depth stream since its last frame."""
+
+    __slots__ = ("asks", "bids", "first", "last", "prev_final", "time_ms")
+
+    def __init__(self, prev_final: int) -> None:
+        self.prev_final = prev_final
+        self.first: int | None = None
+        self.last = prev_final
+        self.time_ms = 0
+        self.bids: dict[int, int] = {}
+        self.asks: dict[int, int] = {}
+
+    def add(self, upd: Update) -> None:
+        if self.first is None:
+            self.first = upd.update_id
+        self.last = upd.update_id
+        self.time_ms = upd.time_ms
+        self.bids.update(upd.bids)
+        self.asks.update(upd.asks)
+
+
+class _Symbol:
+    """One symbol's model, history, pending frames and published trades."""
+
+    def __init__(self, config: SimulatorConfig, symbol: str) -> None:
+        self.spec = config.spec_of(symbol)
+        self.model = MarketModel(
+            self.spec, config.seed, config.market, config.levels, config.trade_probability
+        )
+        self.history = BookHistory(self.model, config.history_updates)
+        self.rate_per_tick = config.rate_of(symbol) * config.tick_ms / 1000
+        self.carry = 0.0
+        start = self.model.last_update_id
+        self.batches = {speed: _DepthBatch(start) for speed in depth_speeds(config.market).values()}
+        self.pending_fills: list[Fill] = []
+        self.trades: deque[Fill] = deque(maxlen=MAX_TRADES_KEPT)
+        self.last_time_ms = 0
+        self.top: tuple[Any, ...] = ()
+
+
+class Exchange:
+    """All symbols of one simulator, stepped by :meth:`tick`."""
+
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.market = config.market
+        self._lock = threading.Lock()
+        self._symbols = {s: _Symbol(config, s) for s in config.symbols}
+        self._ticks = 0
+        futures = self.market is Market.FUTURES
+        items = self._symbols.items()
+        # Futures print each symbol's own decimals; spot always prints eight.
+        self._price_dec = {s: st.spec.price_decimals if futures else DECIMALS for s, st in items}
+        self._qty_dec = {s: st.spec.qty_decimals if futures else DECIMALS for s, st in items}
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols traded, upper case."""
+        return tuple(self._symbols)
+
+    def _get(self, symbol: str) -> _Symbol:
+        try:
+            return self._symbols[symbol.upper()]
+        except KeyError:
+            raise SimulatorError(
+                f"unknown symbol {symbol!r}; the simulator trades {list(self._symbols)}"
+            ) from None
+
+    def spec(self, symbol: str) -> SymbolSpec:
+        """The grid of ``symbol``."""
+        return self._get(symbol).spec
+
+    # -- stepping --------------------------------------------------------------------------
+    def tick(self, now_ms: int) -> list[Frame]:
+        """Advance every symbol by one step; return the frames due at ``now_ms``, in order."""
+        with self._lock:
+            self._ticks += 1
+            elapsed = self._ticks * self.config.tick_ms
+            frames: list[Frame] = []
+            for symbol, st in self._symbols.items():
+                self._generate(st, now_ms)
+                frames.extend(self._book_ticker(symbol, st, now_ms))
+                for speed, batch in st.batches.items():
+                    if elapsed % speed == 0 and batch.first is not None:
+                        frames.append(self._depth_frame(symbol, st, speed, batch, now_ms))
+                        st.batches[speed] = _DepthBatch(batch.last)
+                trade_every = AGG_TRADE_MS if self.market is Market.FUTURES else self.config.tick_ms
+                if elapsed % trade_every == 0 and st.pending_fills:
+                    frames.extend(self._agg_trades(symbol, st, now_ms))
+                if self.market is Market.FUTURES:
+                    for speed in MARK_PRICE_SPEEDS.values():
+                        if elapsed % speed == 0:
+                            frames.append(self._mark_price(symbol, st, speed, now_ms))
+            return frames
+
+    def _generate(self, st: _Symbol, now_ms: int) -> None:
+        st.carry += st.rate_per_tick
+        count = int(st.carry)
+        st.carry -= count
+        for _ in range(count):
+            upd = st.model.next_update(now_ms)
+            st.history.record(upd)
+            for batch in st.batches.values():
+                batch.add(upd)
+            st.pending_fills.extend(upd.fills)
+        if count:
+            st.last_time_ms = now_ms
+
+    def _levels(self, symbol: str, levels: dict[int, int], reverse: bool) -> list[list[str]]:
+        pd, qd = self._price_dec[symbol], self._qty_dec[symbol]
+        return [[fmt(p, pd), fmt(q, qd)] for p, q in sorted(levels.items(), reverse=reverse)]
+
+    def _depth_frame(
+        self, symbol: str, st: _Symbol, speed: int, batch: _DepthBatch, now_ms: int
+    ) -> Frame:
+        data: dict[str, Any] = {"e": "depthUpdate", "E": now_ms}
+        if self.market is Market.FUTURES:
+            data["T"] = batch.time_ms
+        data.update(s=symbol, U=batch.first, u=batch.last)
+        if self.market is Market.FUTURES:
+            data["pu"] = batch.prev_final
+        data["b"] = self._levels(symbol, batch.bids, reverse=True)
+        data["a"] = self._levels(symbol, batch.asks, reverse=False)
+        stream = depth_stream(symbol, speed, self.market)
+        return Frame(stream, symbol, orjson.dumps(data).decode(), depth=True)
+
+    def _agg_trades(self, symbol: str, st: _Symbol, now_ms: int) -> list[Frame]:
+        pd, qd = self._price_dec[symbol], self._qty_dec[symbol]
+        stream = f"{symbol.lower()}@aggTrade"
+        frames = []
+        for fill in st.pending_fills:
+            price, qty = fmt(fill.price, pd), fmt(fill.quantity, qd)
+            if self.market is Market.FUTURES:
+                data: dict[str, Any] = {"e": "aggTrade", "E": now_ms, "a": fill.agg_id, "s": symbol}
+            else:
+                data = {"e": "aggTrade", "E": now_ms, "s": symbol, "a": fill.agg_id}
+            data.update(p=price, q=qty, f=fill.first_trade_id, l=fill.last_trade_id)
+            data.update(T=fill.time_ms, m=fill.is_buyer_maker)
+            if self.market is Market.SPOT:
+                data["M"] = True
+            frames.append(Frame(stream, symbol, orjson.dumps(data).decode()))
+            st.trades.append(fill)
+        st.pending_fills = []
+        return frames
+
+    def _book_ticker(self, symbol: str, st: _Symbol, now_ms: int) -> list[Frame]:
+        bid, ask = st.model.best_bid(), st.model.best_ask()
+        top = (bid, ask)
+        if top == st.top:
+            return []
+        st.top = top
+        pd, qd = self._price_dec[symbol], self._qty_dec[symbol]
+        data: dict[str, Any] = {}
+        if self.market is Market.FUTURES:
+            data["e"] = "bookTicker"
+        data.update(u=st.model.last_update_id, s=symbol, b=fmt(bid[0], pd), B=fmt(bid[1], qd))
+        data.update(a=fmt(ask[0], pd), A=fmt(ask[1], qd))
+        if self.market is Market.FUTURES:
+            data.update(T=st.last_time_ms or now_ms, E=now_ms)
+        return [Frame(f"{symbol.lower()}@bookTicker", symbol, orjson.dumps(data).decode())]
+
+    def _mark_price(self, symbol: str, st: _Symbol, speed: int, now_ms: int) -> Frame:
+        tick = st.spec.tick
+        mid = (st.model.best_bid()[0] + st.model.best_ask()[0]) // 2 // tick * tick
+        price = fmt(mid, DECIMALS)
+        data = {
+            "e": "markPriceUpdate",
+            "E": now_ms,
+            "s": symbol,
+            "p": price,
+            "i": price,
+            "P": price,
+            "r": "0.00010000",
+            "T": (now_ms // FUNDING_INTERVAL_MS + 1) * FUNDING_INTERVAL_MS,
+        }
+        return Frame(mark_price_stream(symbol, speed), symbol, orjson.dumps(data).decode())
+
+    # -- queries ---------------------------------------------------------------------------
+    def snapshot(self, symbol: str, limit: int, lag: int, now_ms: int) -> dict[str, Any]:
+        """The REST depth body for ``symbol``: top ``limit`` levels, ``lag`` updates ago."""
+        st = self._get(symbol)
+        sym = st.spec.symbol
+        pd, qd = self._price_dec[sym], self._qty_dec[sym]
+        with self._lock:
+            if lag > 0:
+                seq = max(st.history.oldest_seq(), st.history.last_seq() - lag)
+                book = st.history.book_at_seq(seq, limit)
+            else:
+                bids, asks = st.model.top(limit)
+                book = BookLevels(st.model.last_update_id, bids, asks)
+            time_ms = st.last_time_ms or now_ms
+        body: dict[str, Any] = {"lastUpdateId": book.last_update_id}
+        if self.market is Market.FUTURES:
+            body.update(E=now_ms, T=time_ms)
+        body["bids"] = [[fmt(p, pd), fmt(q, qd)] for p, q in book.bids]
+        body["asks"] = [[fmt(p, pd), fmt(q, qd)] for p, q in book.asks]
+        return body
+
+    def book_at(self, symbol: str, update_id: int, depth: int) -> BookLevels:
+        """The top ``depth`` levels after the last update with an id at or below ``update_id``."""
+        st = self._get(symbol)
+        with self._lock:
+            return st.history.book_at(update_id, depth)
+
+    def trades(self, symbol: str) -> list[Fill]:
+        """Every aggregate trade published for ``symbol``, oldest first."""
+        st = self._get(symbol)
+        with self._lock:
+            return list(st.trades)
+
+    def last_update_id(self, symbol: str) -> int:
+        """The id of the newest update applied to ``symbol``'s book (maybe not yet published)."""
+        st = self._get(symbol)
+        with self._lock:
+            return st.model.last_update_id

@@ -1,0 +1,118 @@
+"""Binance's rate limits, as pure bookkeeping: REST request weight and WebSocket message rate.
+
+The caller passes the time in (seconds, any monotonic or wall clock) and acts on the verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The answer to one REST request: its HTTP status, the weight used, how long to wait."""
+
+    status: int  # 200, 429 (over the budget) or 418 (banned for not backing off)
+    used_weight: int  # for X-MBX-USED-WEIGHT-1M
+    retry_after_s: int = 0  # for Retry-After on 429 and 418
+
+
+class WeightLimiter:
+    """Request weight per client address in fixed windows (a minute at Binance).
+
+    Past the budget a request gets 429 with the seconds left in the window. A client that sends
+    more than ``ban_after_429`` requests over the budget in one window is banned for ``ban_s``
+    seconds: every request then gets 418 with the seconds left in the ban. Refused requests use no
+    weight.
+    """
+
+    def __init__(
+        self,
+        budget: int = 2400,
+        window_s: float = 60.0,
+        ban_after_429: int = 3,
+        ban_s: float = 120.0,
+    ) -> None:
+        if budget < 1 or window_s <= 0:
+            raise ValueError(f"budget and window must be positive; got {budget}, {window_s}")
+        self.budget = budget
+        self.window_s = window_s
+        self.ban_after_429 = ban_after_429
+        self.ban_s = ban_s
+        self._state: dict[str, _ClientWeight] = {}
+
+    def check(self, client: str, weight: int, now: float) -> Verdict:
+        """Account a request of ``weight`` from ``client`` at time ``now``."""
+        window = math.floor(now / self.window_s)
+        st = self._state.setdefault(client, _ClientWeight())
+        if st.window != window:
+            st.window, st.used, st.strikes = window, 0, 0
+        if st.banned_until > now:
+            return Verdict(418, st.used, math.ceil(st.banned_until - now))
+        if st.used + weight > self.budget:
+            st.strikes += 1
+            if st.strikes > self.ban_after_429:
+                st.banned_until = now + self.ban_s
+                return Verdict(418, st.used, math.ceil(self.ban_s))
+            return Verdict(429, st.used, max(1, math.ceil((window + 1) * self.window_s - now)))
+        st.used += weight
+        return Verdict(200, st.used)
+
+    def used(self, client: str, now: float) -> int:
+        """Weight ``client`` has used in the current window."""
+        st = self._state.get(client)
+        if st is None or st.window != math.floor(now / self.window_s):
+            return 0
+        return st.used
+
+
+class _ClientWeight:
+    __slots__ = ("banned_until", "strikes", "used", "window")
+
+    def __init__(self) -> None:
+        self.window = -1
+        self.used = 0
+        self.strikes = 0
+        self.banned_until = 0.0
+
+
+def futures_depth_weight(limit: int) -> int:
+    """Request weight of ``GET /fapi/v1/depth`` for ``limit`` levels (Binance's table)."""
+    if limit <= 50:
+        return 2
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 10
+    return 20
+
+
+def spot_depth_weight(limit: int) -> int:
+    """Request weight of ``GET /api/v3/depth`` for ``limit`` levels (Binance's table)."""
+    if limit <= 100:
+        return 5
+    if limit <= 500:
+        return 25
+    if limit <= 1000:
+        return 50
+    return 250
+
+
+class MessageRate:
+    """Incoming messages of one connection over the last second; over ``limit`` is a violation."""
+
+    __slots__ = ("_times", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._times: deque[float] = deque()
+
+    def allow(self, now: float) -> bool:
+        """Count one message at ``now``; False when the last second holds more than ``limit``."""
+        times = self._times
+        times.append(now)
+        while times and times[0] <= now - 1.0:
+            times.popleft()
+        return len(times) <= self.limit

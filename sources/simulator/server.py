@@ -1,0 +1,608 @@
+"""The simulator's servers: Binance-like WebSocket streams and REST depth, on loopback.
+
+Runs in its own thread with its own asyncio loop, so a test can use it in-process::
+
+    with Simulator(SimulatorConfig(symbols=("BTCUSDT",), rate=200)) as sim:
+        url = f"{sim.ws_url}/public/stream?streams=btcusdt@depth@100ms"
+        snapshot = f"{sim.rest_url}/fapi/v1/depth?symbol=BTCUSDT&limit=1000"
+        ...
+        sim.book_at("BTCUSDT", u, depth=20)  # what a correct local book holds after update u
+
+Everything the exchange does is decided by :class:`~sources.simulator.exchange.Exchange` (the
+market) and :mod:`~sources.simulator.faults` (what goes wrong); this module only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from market_data.events import Market
+from sources.simulator.config import SimulatorConfig
+from sources.simulator.exchange import Exchange, Frame
+from sources.simulator.faults import FaultConfig, break_frame, frame_action, snapshot_refused
+from sources.simulator.limits import (
+    MessageRate,
+    WeightLimiter,
+    futures_depth_weight,
+    spot_depth_weight,
+)
+from sources.simulator.market import BookLevels, Fill, SimulatorError
+from sources.simulator.streams import ConnectPath, delivered, parse_path, parse_stream
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_FRAMES = 100_000
+"""Frames waiting for one slow client before it is dropped, as Binance drops slow consumers."""
+STARTUP_TIMEOUT_S = 10.0
+CLOSE_WAIT_S = 5.0
+UNKNOWN_EVENT = "simUnknownEvent"
+METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+_ABORT = object()
+
+
+class _Close:
+    """A queued request to close the connection after the frames queued before it."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+
+def _dumps(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
+class _Conn:
+    """One client WebSocket: its mode, subscriptions, send queue and fault stream."""
+
+    def __init__(self, ws: ServerConnection, path: ConnectPath, rng: random.Random, limit: int):
+        self.ws = ws
+        self.route = path.route
+        self.combined = path.combined
+        self.subscriptions: dict[str, None] = {}  # ordered set, for LIST_SUBSCRIPTIONS
+        self.rng = rng
+        self.rate = MessageRate(limit)
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def send(self, text: str) -> None:
+        if self.queue.qsize() >= MAX_QUEUED_FRAMES:
+            logger.warning("dropping a client that is %d frames behind", MAX_QUEUED_FRAMES)
+            self.abort()
+            return
+        self.queue.put_nowait(text)
+
+    def abort(self) -> None:
+        """Cut the TCP connection after what is already queued (no close frame)."""
+        self.queue.put_nowait(_ABORT)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection properly after what is already queued."""
+        self.queue.put_nowait(_Close(code, reason))
+
+    async def write_loop(self) -> None:
+        try:
+            while True:
+                item = await self.queue.get()
+                if item is _ABORT:
+                    self.ws.transport.abort()
+                    return
+                if isinstance(item, _Close):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                await self.ws.send(item)  # type: ignore[arg-type]
+        except ConnectionClosed:
+            pass
+
+
+class Simulator:
+    """A local imitation of Binance USD-M Futures (or spot) market data, for tests and demos.
+
+    Construct it cheaply, then :meth:`start` it (or use it as a context manager); ``ws_url`` and
+    ``rest_url`` are known once it has started. Query methods are safe from any thread.
+    """
+
+    def __init__(
+        self, config: SimulatorConfig | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config or SimulatorConfig()
+        self._clock = clock
+        self._exchange = Exchange(self.config)
+        self._faults = self.config.faults
+        self._counts: Counter[str] = Counter()
+        self._limiter = WeightLimiter(
+            self.config.weight_limit(),
+            self.config.weight_window_s,
+            self.config.ban_after_429,
+            self.config.ban_s,
+        )
+        self._rest_rng = random.Random(f"{self.config.seed}:rest")
+        self._subs: dict[str, set[_Conn]] = {}
+        self._conns: set[_Conn] = set()
+        self._conn_serial = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop_event: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+        self.ws_url = ""
+        self.rest_url = ""
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> Simulator:
+        """Bind the ports and start serving; returns once both servers listen."""
+        if self._thread is not None:
+            raise SimulatorError("the simulator is already started")
+        self._thread = threading.Thread(target=self._run, name="binance-simulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(STARTUP_TIMEOUT_S):
+            raise SimulatorError(f"the simulator did not start within {STARTUP_TIMEOUT_S} s")
+        if self._startup_error is not None:
+            self._thread.join()
+            raise SimulatorError(f"the simulator could not start: {self._startup_error}")
+        return self
+
+    def stop(self) -> None:
+        """Close every connection and both servers; wait for the thread to end."""
+        loop, stop = self._loop, self._stop_event
+        if loop is not None and stop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+        if self._thread is not None:
+            self._thread.join(STARTUP_TIMEOUT_S)
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait(self) -> None:
+        """Block until the simulator stops (the CLI's main loop)."""
+        if self._thread is not None:
+            while self._thread.is_alive():
+                self._thread.join(0.5)
+
+    # -- what tests ask --------------------------------------------------------------------
+    @property
+    def market(self) -> Market:
+        """USD-M Futures or spot."""
+        return self.config.market
+
+    def book_at(self, symbol: str, update_id: int, depth: int = 20) -> BookLevels:
+        """Top ``depth`` levels of ``symbol`` right after update ``update_id``.
+
+        Prices and quantities are integer units of 1e-8 (:data:`market_data.events.SCALE`), best
+        first, as in :class:`market_data.events.BookUpdate`. Any id from the recent history works
+        (the last ``history_updates`` updates); an id between two updates gives the book after the
+        earlier one. Raises :class:`SimulatorError` for ids out of that range.
+        """
+        return self._exchange.book_at(symbol, update_id, depth)
+
+    def trades(self, symbol: str) -> list[Fill]:
+        """Every aggTrade published for ``symbol`` so far, oldest first (units of 1e-8)."""
+        return self._exchange.trades(symbol)
+
+    def last_update_id(self, symbol: str) -> int:
+        """The newest update id of ``symbol``'s book (it may not have been pushed yet)."""
+        return self._exchange.last_update_id(symbol)
+
+    @property
+    def faults(self) -> FaultConfig:
+        """The faults in force; assign a new :class:`FaultConfig` to change them at runtime."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, value: FaultConfig) -> None:
+        self._faults = value
+
+    def set_faults(self, **rates: float) -> FaultConfig:
+        """Change some faults now, e.g. ``sim.set_faults(gap=0.2)``; returns the new set."""
+        self._faults = self._faults.with_(**rates)
+        return self._faults
+
+    def counts(self) -> dict[str, int]:
+        """How often each fault and each limit happened (``gap``, ``rest_429``, ...)."""
+        return dict(self._counts)
+
+    def connection_count(self) -> int:
+        """Open WebSocket connections."""
+        return len(self._conns)
+
+    def disconnect_all(self) -> None:
+        """Abort every WebSocket connection (TCP cut, no close frame)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._abort_all)
+
+    def _abort_all(self) -> None:
+        for conn in list(self._conns):
+            conn.abort()
+
+    def stream_url(
+        self, streams: Iterable[str], route: str = "public", combined: bool = True
+    ) -> str:
+        """A connection URL, e.g. ``stream_url(["btcusdt@depth@100ms"])``.
+
+        ``route`` is ``"public"``, ``"market"`` or ``""`` (the legacy unrouted paths; spot's only).
+        """
+        prefix = f"{self.ws_url}/{route}" if route else self.ws_url
+        names = "/".join(streams)
+        return f"{prefix}/stream?streams={names}" if combined else f"{prefix}/ws/{names}"
+
+    def depth_url(self, symbol: str, limit: int = 1000) -> str:
+        """The REST snapshot URL of ``symbol``."""
+        path = "/fapi/v1/depth" if self.market is Market.FUTURES else "/api/v3/depth"
+        return f"{self.rest_url}{path}?symbol={symbol}&limit={limit}"
+
+    # -- the loop --------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            # asyncio.run cancels what is left (a delayed snapshot, a writer) before closing.
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(); nothing else can see this thread
+            if not self._ready.is_set():
+                self._startup_error = exc
+                self._ready.set()
+            else:
+                logger.exception("the simulator stopped on an error")
+
+    async def _main(self) -> None:
+        cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        ws_server = await serve(
+            self._ws_handler,
+            cfg.host,
+            cfg.ws_port,
+            process_request=self._process_request,
+            compression=None,
+            ping_interval=cfg.ping_interval(),
+            ping_timeout=cfg.pong_timeout(),
+            close_timeout=1,
+            max_size=2**16,
+            logger=logging.getLogger(f"{__name__}.ws"),
+        )
+        http_server = await asyncio.start_server(self._http_client, cfg.host, cfg.rest_port)
+        ws_port = _port(ws_server)
+        rest_port = http_server.sockets[0].getsockname()[1]
+        self.ws_url = f"ws://{cfg.host}:{ws_port}"
+        self.rest_url = f"http://{cfg.host}:{rest_port}"
+        ticker = asyncio.create_task(self._tick_loop())
+        self._ready.set()
+        logger.info("simulator listening: %s %s", self.ws_url, self.rest_url)
+        try:
+            await self._stop_event.wait()
+        finally:
+            ticker.cancel()
+            http_server.close()
+            ws_server.close()
+            await ws_server.wait_closed()
+            await http_server.wait_closed()
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        step = self.config.tick_ms / 1000
+        due = loop.time()
+        while True:
+            due += step
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif delay < -1.0:  # far behind (a paused process): carry on, do not burst
+                due = loop.time()
+            frames = self._exchange.tick(int(self._clock() * 1000))
+            self._dispatch(frames)
+
+    def _dispatch(self, frames: list[Frame]) -> None:
+        faults = self._faults
+        rates = faults.gap + faults.disconnect + faults.duplicate
+        faulty = rates + faults.malformed + faults.unknown_event > 0
+        for frame in frames:
+            subs = self._subs.get(frame.stream)
+            if not subs:
+                continue
+            enveloped = None
+            for conn in list(subs):
+                if conn.combined:
+                    enveloped = enveloped or frame.enveloped()
+                    text = enveloped
+                else:
+                    text = frame.data
+                if not faulty:
+                    conn.send(text)
+                else:
+                    self._send_faulty(conn, frame, text, faults)
+
+    def _send_faulty(self, conn: _Conn, frame: Frame, text: str, faults: FaultConfig) -> None:
+        act = frame_action(faults, conn.rng, frame.depth)
+        if act.disconnect:
+            self._counts["disconnect"] += 1
+            self._drop(conn)
+            conn.abort()
+            return
+        if act.drop:
+            self._counts["gap"] += 1
+            return
+        if act.unknown_event:
+            self._counts["unknown_event"] += 1
+            data = _dumps({"e": UNKNOWN_EVENT, "E": int(self._clock() * 1000), "s": frame.symbol})
+            conn.send(
+                Frame(frame.stream, frame.symbol, data).enveloped() if conn.combined else data
+            )
+        if act.malformed is not None:
+            self._counts["malformed"] += 1
+            conn.send(break_frame(text, act.malformed))
+        conn.send(text)
+        if act.duplicate:
+            self._counts["duplicate"] += 1
+            conn.send(text)
+
+    # -- WebSocket -------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = parse_path(request.path, self.market)
+        if path is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
+        if len(set(path.streams)) > self.config.max_streams:
+            return connection.respond(
+                HTTPStatus.BAD_REQUEST,
+                f"a connection can listen to at most {self.config.max_streams} streams\n",
+            )
+        return None
+
+    async def _ws_handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None  # the handshake is done
+        path = parse_path(ws.request.path, self.market)
+        assert path is not None  # _process_request refused the others
+        self._conn_serial += 1
+        rng = random.Random(f"{self.config.seed}:conn:{self._conn_serial}")
+        conn = _Conn(ws, path, rng, self.config.message_limit())
+        self._conns.add(conn)
+        self._counts["ws_connections"] += 1
+        for name in path.streams:
+            self._subscribe(conn, name)
+        loop = asyncio.get_running_loop()
+        writer = asyncio.create_task(conn.write_loop())
+        expiry = loop.call_later(self.config.max_lifetime_s, self._expire, conn)
+        try:
+            async for message in ws:
+                if not conn.rate.allow(loop.time()):
+                    self._counts["too_many_messages"] += 1
+                    conn.close(1008, "Too many requests")
+                    # Let the writer send the replies queued before the close, then close.
+                    await asyncio.wait_for(writer, CLOSE_WAIT_S)
+                    break
+                reply = self._command(conn, message)
+                if reply is not None:
+                    conn.send(reply)
+        except (ConnectionClosed, TimeoutError):
+            pass
+        finally:
+            expiry.cancel()
+            self._drop(conn)
+            writer.cancel()
+
+    def _expire(self, conn: _Conn) -> None:
+        self._counts["lifetime_closed"] += 1
+        conn.close(1001, "connection lifetime exceeded")
+
+    def _drop(self, conn: _Conn) -> None:
+        for name in conn.subscriptions:
+            subs = self._subs.get(name)
+            if subs is not None:
+                subs.discard(conn)
+        self._conns.discard(conn)
+
+    def _subscribe(self, conn: _Conn, name: str) -> None:
+        if name in conn.subscriptions:
+            return
+        conn.subscriptions[name] = None
+        stream = parse_stream(name, self.market)
+        if (
+            stream is not None
+            and stream.symbol in self._exchange.symbols
+            and delivered(stream, conn.route, self.market, self.config.legacy_delivers)
+        ):
+            self._subs.setdefault(name, set()).add(conn)
+
+    def _unsubscribe(self, conn: _Conn, name: str) -> None:
+        conn.subscriptions.pop(name, None)
+        subs = self._subs.get(name)
+        if subs is not None:
+            subs.discard(conn)
+
+    def _command(self, conn: _Conn, message: str | bytes) -> str | None:
+        """Answer one client message the way Binance's stream servers do."""
+        try:
+            msg = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            return _dumps({"code": 3, "msg": f"Invalid JSON: {exc}"})
+        if not isinstance(msg, dict):
+            return _dumps({"code": 3, "msg": "Invalid JSON: expected an object"})
+        rid = msg.get("id")
+        if type(rid) is not int or rid < 0:
+            return _dumps(
+                {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}
+            )
+        method, params = msg.get("method"), msg.get("params", [])
+        if method not in METHODS:
+            expected = ", ".join(f"`{m}`" for m in METHODS)
+            text = f"Invalid request: unknown variant `{method}`, expected one of {expected}"
+            return _dumps({"code": 2, "msg": text, "id": rid})
+        if method == "LIST_SUBSCRIPTIONS":
+            return _dumps({"result": list(conn.subscriptions), "id": rid})
+        if not isinstance(params, list):
+            return _dumps({"code": 2, "msg": "Invalid request: params must be a list", "id": rid})
+        if method in ("SET_PROPERTY", "GET_PROPERTY"):
+            return self._property(conn, method, params, rid)
+        if not all(isinstance(p, str) for p in params):
+            return _dumps(
+                {"code": 2, "msg": "Invalid request: stream names must be strings", "id": rid}
+            )
+        if method == "SUBSCRIBE":
+            total = len(conn.subscriptions.keys() | set(params))
+            if total > self.config.max_streams:
+                limit = self.config.max_streams
+                text = f"Invalid request: a connection can listen to at most {limit} streams"
+                return _dumps({"code": 2, "msg": text, "id": rid})
+            for name in params:
+                self._subscribe(conn, name)
+        else:
+            for name in params:
+                self._unsubscribe(conn, name)
+        return _dumps({"result": None, "id": rid})
+
+    @staticmethod
+    def _property(conn: _Conn, method: str, params: list[Any], rid: int) -> str:
+        if not params or not isinstance(params[0], str):
+            text = "Invalid request: property name must be a string"
+            return _dumps({"code": 2, "msg": text, "id": rid})
+        if params[0] != "combined":
+            return _dumps({"code": 0, "msg": "Unknown property", "id": rid})
+        if method == "GET_PROPERTY":
+            return _dumps({"result": conn.combined, "id": rid})
+        if len(params) < 2 or not isinstance(params[1], bool):
+            return _dumps({"code": 1, "msg": "Invalid value type: expected Boolean", "id": rid})
+        conn.combined = params[1]
+        return _dumps({"result": None, "id": rid})
+
+    # -- REST ------------------------------------------------------------------------------
+    async def _http_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else "?"
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    break
+                parts = line.decode("latin-1").split()
+                headers: dict[str, str] = {}
+                while True:
+                    raw = await reader.readline()
+                    if raw in (b"\r\n", b"\n", b""):
+                        break
+                    key, _, value = raw.decode("latin-1").partition(":")
+                    headers[key.strip().lower()] = value.strip()
+                length = int(headers.get("content-length") or 0)
+                if length:
+                    await reader.readexactly(length)
+                if len(parts) != 3:
+                    extra: dict[str, str] = {}
+                    status, body = 400, {"code": -1, "msg": "Bad request line."}
+                    keep = False
+                else:
+                    method, target, version = parts
+                    status, extra, body = await self._rest(method, target, client)
+                    keep = version == "HTTP/1.1" and headers.get("connection", "") != "close"
+                payload = orjson.dumps(body)
+                head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
+                head.append("Content-Type: application/json;charset=UTF-8")
+                head.append(f"Content-Length: {len(payload)}")
+                head.extend(f"{k}: {v}" for k, v in extra.items())
+                head.append("Connection: keep-alive" if keep else "Connection: close")
+                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+                await writer.drain()
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _rest(self, method: str, target: str, client: str) -> tuple[int, dict[str, str], Any]:
+        url = urlsplit(target)
+        query = parse_qs(url.query)
+        prefix = "/fapi/v1" if self.market is Market.FUTURES else "/api/v3"
+        if url.path not in (f"{prefix}/depth", f"{prefix}/ping", f"{prefix}/time"):
+            return 404, {}, {"code": -1, "msg": f"Not found: {url.path}"}
+        if method != "GET":
+            return 405, {}, {"code": -1, "msg": f"Method {method} is not allowed."}
+        if url.path.endswith("/depth"):
+            return await self._depth(query, client)
+        verdict = self._limiter.check(client, 1, self._clock())
+        extra = self._weight_headers(verdict.used_weight)
+        if verdict.status != 200:
+            return self._refused(verdict.status, verdict.retry_after_s, extra, client)
+        if url.path.endswith("/ping"):
+            return 200, extra, {}
+        return 200, extra, {"serverTime": int(self._clock() * 1000)}
+
+    def _weight_headers(self, used: int) -> dict[str, str]:
+        if self.market is Market.FUTURES:
+            return {"X-MBX-USED-WEIGHT-1M": str(used)}
+        return {"x-mbx-used-weight": str(used), "x-mbx-used-weight-1m": str(used)}
+
+    def _refused(
+        self, status: int, retry_after: int, extra: dict[str, str], client: str
+    ) -> tuple[int, dict[str, str], Any]:
+        extra = {**extra, "Retry-After": str(retry_after)}
+        if status == 418:
+            self._counts["rest_418"] += 1
+            until = int((self._clock() + retry_after) * 1000)
+            msg = (
+                f"Way too many requests; IP({client}) banned until {until}. "
+                "Please use the websocket for live updates to avoid bans."
+            )
+        else:
+            self._counts["rest_429"] += 1
+            msg = (
+                f"Too many requests; current limit of IP({client}) is "
+                f"{self._limiter.budget} requests per minute. Please use the websocket for "
+                "live updates to avoid polling the API."
+            )
+        return status, extra, {"code": -1003, "msg": msg}
+
+    async def _depth(
+        self, query: dict[str, list[str]], client: str
+    ) -> tuple[int, dict[str, str], Any]:
+        futures = self.market is Market.FUTURES
+        symbol = (query.get("symbol") or [""])[0]
+        if not symbol:
+            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+            return 400, {}, {"code": -1102, "msg": msg}
+        raw_limit = (query.get("limit") or ["500" if futures else "100"])[0]
+        if not raw_limit.isdigit() or not 0 < int(raw_limit):
+            msg = "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'."
+            return 400, {}, {"code": -1100, "msg": msg}
+        limit = min(int(raw_limit), 1000 if futures else 5000)
+        faults = self._faults
+        if faults.snapshot_429 and snapshot_refused(faults, self._rest_rng):
+            self._counts["snapshot_429"] += 1
+            used = self._limiter.used(client, self._clock())
+            return self._refused(429, 1, self._weight_headers(used), client)
+        weight = futures_depth_weight(limit) if futures else spot_depth_weight(limit)
+        verdict = self._limiter.check(client, weight, self._clock())
+        extra = self._weight_headers(verdict.used_weight)
+        if verdict.status != 200:
+            return self._refused(verdict.status, verdict.retry_after_s, extra, client)
+        if symbol not in self._exchange.symbols:
+            return 400, extra, {"code": -1121, "msg": "Invalid symbol."}
+        # Taken now and delivered late, as a slow snapshot is: it ages on the way.
+        body = self._exchange.snapshot(
+            symbol, limit, faults.snapshot_lag, int(self._clock() * 1000)
+        )
+        if faults.snapshot_lag:
+            self._counts["snapshot_lag"] += 1
+        if faults.snapshot_delay_s > 0:
+            self._counts["snapshot_delay"] += 1
+            await asyncio.sleep(faults.snapshot_delay_s)
+        return 200, extra, body
+
+
+def _port(server: Server) -> int:
+    for sock in server.sockets:
+        return int(sock.getsockname()[1])
+    raise SimulatorError("the WebSocket server has no listening socket")
