@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v p
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint demo replay bench clean
+.PHONY: install test lint demo replay clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+demo: install
+	$(BIN)/python -m flows.demo
 
 replay: install
 	PIPELINES_FILE=pipelines.replay.yaml $(BIN)/python -m bytewax.run flows.main

@@ -160,12 +160,12 @@ def test_two_hundred_symbols_split_streams_and_pace_snapshots():
 
 def test_connection_is_replaced_before_the_exchange_cuts_it():
     symbols = ["BTCUSDT", "ETHUSDT"]
-    config = SimulatorConfig(symbols=tuple(symbols), rate=40, seed=2, max_lifetime_s=3.5)
+    config = SimulatorConfig(symbols=tuple(symbols), rate=40, seed=2, max_lifetime_s=5.0)
     with Simulator(config) as sim:
         out = run_live(sim, symbols, seconds=8.0, max_connection_age_s=1.5)
         counts = sim.counts()
-    # Each connection was replaced (several times) before its 3.5 s cut, so the exchange never
-    # had to cut one and no book ever needed a resync.
+    # Each connection was replaced (several times) before its 5 s cut (a wide margin for a
+    # loaded machine), so the exchange never had to cut one and no book needed a resync.
     assert counts["ws_connections"] >= 2 * 3
     assert counts.get("lifetime_closed", 0) == 0
     assert_books_match(sim, out)
