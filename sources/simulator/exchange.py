@@ -34,7 +34,7 @@ from sources.simulator.streams import (
 
 AGG_TRADE_MS = 100
 """USD-M Futures pushes aggTrade every 100 ms; spot pushes it as it happens (every tick here)."""
-MAX_TRADES_KEPT = 1_000_000
+MAX_TRADES_KEPT = 200_000
 FUNDING_INTERVAL_MS = 8 * 3_600_000
 
 

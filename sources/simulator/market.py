@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import random
 import zlib
+from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -303,8 +304,9 @@ class BookLevels:
 class BookHistory:
     """The recent updates of one symbol, to rebuild its book as of any of their ids.
 
-    Keeps the last ``max_updates`` updates and a full copy of the book every
-    :data:`CHECKPOINT_EVERY` updates; a lookup copies the nearest earlier checkpoint and replays at
+    Keeps the level changes of at least the last ``max_updates`` updates (at most a quarter more)
+    and a full copy of the book every :data:`CHECKPOINT_EVERY` updates, all as flat integer arrays
+    (about 300 bytes an update); a lookup copies the nearest earlier checkpoint and replays at
     most that many updates.
     """
 
@@ -313,14 +315,21 @@ class BookHistory:
             raise ValueError(f"max_updates must be positive; got {max_updates}")
         self.max_updates = max_updates
         self._every = min(CHECKPOINT_EVERY, max_updates)
-        self._updates: deque[Update] = deque()
-        self._ids: deque[int] = deque()
-        self._first_seq = 0  # sequence number of _updates[0]
-        # seq of the last update included -> (update id, bids, asks); seq -1 is the seed book.
-        self._checkpoints: deque[tuple[int, int, dict[int, int], dict[int, int]]] = deque(
-            [(-1, model.last_update_id, dict(model.bids), dict(model.asks))]
-        )
+        # Per update: [number of bid levels, bid price, bid qty, ..., ask price, ask qty, ...].
+        # Lists (trimmed in chunks) rather than deques: lookups index into the middle.
+        self._changes: list[array[int]] = []
+        self._ids: list[int] = []
+        self._first_seq = 0  # sequence number of _changes[0]
+        # (seq of the last update included, its id, bids, asks); seq -1 is the seed book.
+        self._checkpoints: deque[tuple[int, int, array[int], array[int]]] = deque()
         self._model = model
+        self._checkpoint(-1, model.last_update_id)
+
+    def _checkpoint(self, seq: int, update_id: int) -> None:
+        m = self._model
+        bids = array("q", [x for level in m.bids.items() for x in level])
+        asks = array("q", [x for level in m.asks.items() for x in level])
+        self._checkpoints.append((seq, update_id, bids, asks))
 
     @property
     def first_id(self) -> int:
@@ -329,16 +338,19 @@ class BookHistory:
 
     def record(self, update: Update) -> None:
         """Remember an update the model has just applied."""
-        seq = self._first_seq + len(self._updates)
-        self._updates.append(update)
+        seq = self._first_seq + len(self._changes)
+        flat = array("q", [len(update.bids)])
+        for level in update.bids + update.asks:
+            flat.extend(level)
+        self._changes.append(flat)
         self._ids.append(update.update_id)
         if (seq + 1) % self._every == 0:
-            m = self._model
-            self._checkpoints.append((seq, update.update_id, dict(m.bids), dict(m.asks)))
-        while len(self._updates) > self.max_updates:
-            self._updates.popleft()
-            self._ids.popleft()
-            self._first_seq += 1
+            self._checkpoint(seq, update.update_id)
+        excess = len(self._changes) - self.max_updates
+        if excess > self.max_updates // 4:
+            del self._changes[:excess]
+            del self._ids[:excess]
+            self._first_seq += excess
         # A checkpoint is usable while the update right after it is still kept.
         while len(self._checkpoints) > 1 and self._checkpoints[0][0] < self._first_seq - 1:
             self._checkpoints.popleft()
@@ -349,17 +361,15 @@ class BookHistory:
             raise SimulatorError(
                 f"update id {update_id} is older than the history kept (oldest {self.first_id})"
             )
-        if self._updates and update_id > self._ids[-1]:
+        if self._ids and update_id > self._ids[-1]:
             raise SimulatorError(
                 f"update id {update_id} has not happened yet (last {self._ids[-1]})"
             )
-        i = bisect.bisect_right(self._ids, update_id)  # deque supports indexing; O(n) per step
-        return self._first_seq + i - 1
+        return self._first_seq + bisect.bisect_right(self._ids, update_id) - 1
 
     def book_at(self, update_id: int, depth: int) -> BookLevels:
         """The top ``depth`` levels as they stood after the last update with id <= ``update_id``."""
-        seq = self.seq_of(update_id)
-        return self.book_at_seq(seq, depth)
+        return self.book_at_seq(self.seq_of(update_id), depth)
 
     def book_at_seq(self, seq: int, depth: int) -> BookLevels:
         """Like :meth:`book_at`, by sequence number (-1 is the seed book)."""
@@ -367,27 +377,28 @@ class BookHistory:
         k = bisect.bisect_right([c[0] for c in cps], seq) - 1
         if k < 0:
             raise SimulatorError(f"sequence {seq} is older than the history kept")
-        cp_seq, cp_id, cp_bids, cp_asks = cps[k]
-        bids, asks = dict(cp_bids), dict(cp_asks)
-        last_id = cp_id
+        cp_seq, last_id, cp_bids, cp_asks = cps[k]
+        bids = dict(zip(cp_bids[0::2], cp_bids[1::2], strict=True))
+        asks = dict(zip(cp_asks[0::2], cp_asks[1::2], strict=True))
         for s in range(cp_seq + 1, seq + 1):
-            upd = self._updates[s - self._first_seq]
-            _apply(bids, upd.bids)
-            _apply(asks, upd.asks)
-            last_id = upd.update_id
+            flat = self._changes[s - self._first_seq]
+            split = 1 + 2 * flat[0]
+            _apply(bids, zip(flat[1:split:2], flat[2:split:2], strict=True))
+            _apply(asks, zip(flat[split::2], flat[split + 1 :: 2], strict=True))
+            last_id = self._ids[s - self._first_seq]
         top_b, top_a = top_levels(bids, asks, depth)
         return BookLevels(last_id, top_b, top_a)
 
     def last_seq(self) -> int:
         """Sequence number of the newest update recorded (-1 before the first)."""
-        return self._first_seq + len(self._updates) - 1
+        return self._first_seq + len(self._changes) - 1
 
     def oldest_seq(self) -> int:
         """The oldest sequence number :meth:`book_at_seq` can rebuild."""
         return self._checkpoints[0][0]
 
 
-def _apply(side: dict[int, int], levels: Iterable[Level]) -> None:
+def _apply(side: dict[int, int], levels: Iterable[tuple[int, int]]) -> None:
     for price, qty in levels:
         if qty:
             side[price] = qty

@@ -52,6 +52,21 @@ CLOSE_WAIT_S = 5.0
 UNKNOWN_EVENT = "simUnknownEvent"
 METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 _ABORT = object()
+COUNT_NAMES = (
+    "gap",
+    "disconnect",
+    "duplicate",
+    "malformed",
+    "unknown_event",
+    "snapshot_429",
+    "snapshot_delay",
+    "snapshot_lag",
+    "rest_429",
+    "rest_418",
+    "ws_connections",
+    "too_many_messages",
+    "lifetime_closed",
+)
 
 
 class _Close:
@@ -122,7 +137,8 @@ class Simulator:
         self._clock = clock
         self._exchange = Exchange(self.config)
         self._faults = self.config.faults
-        self._counts: Counter[str] = Counter()
+        # Every key exists from the start, so counts() can copy it from another thread.
+        self._counts: Counter[str] = Counter(dict.fromkeys(COUNT_NAMES, 0))
         self._limiter = WeightLimiter(
             self.config.weight_limit(),
             self.config.weight_window_s,
@@ -506,7 +522,9 @@ class Simulator:
                 else:
                     method, target, version = parts
                     status, extra, body = await self._rest(method, target, client)
-                    keep = version == "HTTP/1.1" and headers.get("connection", "") != "close"
+                    keep = (
+                        version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+                    )
                 payload = orjson.dumps(body)
                 head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
                 head.append("Content-Type: application/json;charset=UTF-8")
