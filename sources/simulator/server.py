@@ -247,12 +247,15 @@ class Simulator:
             conn.abort()
 
     def stream_url(
-        self, streams: Iterable[str], route: str = "public", combined: bool = True
+        self, streams: Iterable[str], route: str | None = None, combined: bool = True
     ) -> str:
         """A connection URL, e.g. ``stream_url(["btcusdt@depth@100ms"])``.
 
-        ``route`` is ``"public"``, ``"market"`` or ``""`` (the legacy unrouted paths; spot's only).
+        ``route`` is ``"public"``, ``"market"`` or ``""`` (the legacy unrouted paths, spot's only
+        ones); by default ``"public"`` for futures and ``""`` for spot.
         """
+        if route is None:
+            route = "public" if self.market is Market.FUTURES else ""
         prefix = f"{self.ws_url}/{route}" if route else self.ws_url
         names = "/".join(streams)
         return f"{prefix}/stream?streams={names}" if combined else f"{prefix}/ws/{names}"

@@ -314,12 +314,13 @@ def test_market_route_delivers_trades_that_match_the_simulator(sim: Any) -> None
         assert re.fullmatch(r"\d+\.\d{2}", t["p"]) and re.fullmatch(r"\d+\.\d{3}", t["q"])
 
 
-def test_market_route_combined_mark_price(sim: Any) -> None:
-    ws = connect(sim.stream_url(["btcusdt@markPrice@1s"], "market"))
-    msg = json.loads(ws.recv())
+def test_market_route_combined_mode(sim: Any) -> None:
+    ws = connect(sim.stream_url(["btcusdt@markPrice@1s", "ethusdt@aggTrade"], "market"))
+    mark = until(ws, lambda m: m["stream"] == "btcusdt@markPrice@1s")["data"]
+    trade = until(ws, lambda m: m["stream"] == "ethusdt@aggTrade")["data"]
     ws.close()
-    assert msg["stream"] == "btcusdt@markPrice@1s"
-    assert msg["data"]["e"] == "markPriceUpdate" and msg["data"]["s"] == "BTCUSDT"
+    assert mark["e"] == "markPriceUpdate" and mark["s"] == "BTCUSDT"
+    assert list(trade) == FUTURES_AGG_KEYS and trade["s"] == "ETHUSDT"
 
 
 @pytest.mark.parametrize("combined", [True, False])
@@ -506,7 +507,10 @@ def test_disconnect_fault_cuts_tcp_without_close_frame(fsim: Any) -> None:
     fsim.set_faults(disconnect=0.0)
     ws = connect(fsim.stream_url(["btcusdt@depth@100ms"]))
     assert json.loads(ws.recv())["data"]["e"] == "depthUpdate", "switched off at runtime"
-    ws.close()
+    fsim.disconnect_all()  # the same, on demand
+    with pytest.raises((websocket.WebSocketConnectionClosedException, ConnectionError)):
+        for _ in range(50):
+            assert ws.recv_data(control_frame=True)[0] != ABNF.OPCODE_CLOSE
 
 
 def test_snapshot_faults_429_delay_and_lag(fsim: Any) -> None:
