@@ -54,9 +54,43 @@ def trade_dict(trade: Trade) -> dict[str, Any]:
     }
 
 
+# Consecutive top-N views share most of their levels, so each level's JSON text is made once
+# (by orjson itself, so the bytes are exactly what orjson.dumps(book_dict(...)) gives) and
+# joined. Bounded: cleared when full; single dict operations are safe across worker threads.
+_LEVEL_JSON: dict[Level, bytes] = {}
+LEVEL_CACHE_MAX = 100_000
+
+
+def _level_json(level: Level) -> bytes:
+    text = orjson.dumps([level[0] / SCALE, level[1] / SCALE])
+    if len(_LEVEL_JSON) >= LEVEL_CACHE_MAX:
+        _LEVEL_JSON.clear()
+    _LEVEL_JSON[level] = text
+    return text
+
+
+def _side_json(levels: tuple[Level, ...]) -> bytes:
+    cache = _LEVEL_JSON
+    return b",".join([cache.get(lv) or _level_json(lv) for lv in levels])
+
+
 def encode_book(update: BookUpdate) -> bytes:
-    """The ``orderbook:{SYMBOL}`` payload as JSON bytes."""
-    return orjson.dumps(book_dict(update))
+    """The ``orderbook:{SYMBOL}`` payload as JSON bytes (equal to ``orjson.dumps(book_dict())``)."""
+    return b"".join(
+        (
+            b'{"symbol":',
+            orjson.dumps(update.symbol),
+            b',"bids":[',
+            _side_json(update.bids),
+            b'],"asks":[',
+            _side_json(update.asks),
+            b'],"last_update_id":',
+            str(update.last_update_id).encode(),
+            b',"timestamp":',
+            str(update.event_time_ms).encode(),
+            b"}",
+        )
+    )
 
 
 def encode_trade(trade: Trade) -> bytes:

@@ -84,14 +84,37 @@ def to_units(text: str) -> int:
     return whole_units * _POW10[DECIMALS - len(frac)]
 
 
+# Binance repeats the same price and quantity strings constantly (levels near the touch, round
+# lots); remembering their exact value makes most conversions one dict lookup. Bounded: cleared
+# when full. Safe across worker threads (single dict operations under the GIL).
+_UNITS_CACHE: dict[str, int] = {}
+UNITS_CACHE_MAX = 200_000
+
+
+def _cached_units(text: Any) -> int:
+    value = to_units(text)
+    if len(_UNITS_CACHE) >= UNITS_CACHE_MAX:
+        _UNITS_CACHE.clear()
+    _UNITS_CACHE[text] = value
+    return value
+
+
 def _levels(raw: Any, side: str) -> tuple[Level, ...]:
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise ParseError(f"{side} must be a list of [price, quantity]; got {type(raw).__name__}")
+    cache = _UNITS_CACHE
     out = []
     for entry in raw:
-        if not isinstance(entry, list) or len(entry) < 2:
+        if type(entry) is not list or len(entry) < 2:
             raise ParseError(f"{side} level must be [price, quantity]; got {entry!r}")
-        out.append((to_units(entry[0]), to_units(entry[1])))
+        price, qty = entry[0], entry[1]
+        p = cache.get(price) if type(price) is str else None
+        if p is None:
+            p = _cached_units(price)
+        q = cache.get(qty) if type(qty) is str else None
+        if q is None:
+            q = _cached_units(qty)
+        out.append((p, q))
     return tuple(out)
 
 
