@@ -381,3 +381,28 @@ def test_config_path_comes_from_the_environment() -> None:
     assert config_path({}) == "pipelines.yaml"
     assert config_path({"PIPELINES_FILE": ""}) == "pipelines.yaml"
     assert config_path({"PIPELINES_FILE": "/etc/md.yaml"}) == "/etc/md.yaml"
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines() -> None:
+    text = """pipelines:
+  - name: a
+    source: {type: replay, path: x.jsonl}
+    operators: [{type: orderbook}]
+    sinks: [{type: stdout}]
+    sinks: [{type: shm}]
+"""
+    with pytest.raises(ConfigError, match=r"key 'sinks' given twice \(lines 5 and 6\)"):
+        parse_config(text, "p.yaml", {})
+
+
+def test_empty_env_value_is_kept_by_plain_reference_and_replaced_by_default() -> None:
+    text = """pipelines:
+  - name: a
+    source: {type: replay, path: "x${SUFFIX}.jsonl"}
+    operators: [{type: orderbook}]
+    sinks: [{type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379}"}]
+"""
+    config = parse_config(text, "p.yaml", {"SUFFIX": "", "REDIS_URL": ""})
+    pipe = config.pipelines[0]
+    assert pipe.source.path == "x.jsonl"  # type: ignore[attr-defined]
+    assert pipe.sinks[0].url == "redis://127.0.0.1:6379"  # type: ignore[attr-defined]
