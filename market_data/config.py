@@ -26,6 +26,23 @@ ENV_VAR = "PIPELINES_FILE"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping (the last would win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )  # fmt: skip
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,7 +120,7 @@ def load_config(path: str | os.PathLike[str], environ: dict[str, str] | None = N
 def parse_config(text: str, name: str, environ: dict[str, str] | None = None) -> AppConfig:
     """Validate config ``text`` (named ``name`` in messages)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -225,8 +242,10 @@ def _interpolate(value: Any, at: str, env: dict[str, str], errors: list[str]) ->
 
         def sub(m: re.Match[str]) -> str:
             var, default = m.group(1), m.group(2)
-            if var in env and env[var] != "":
-                return env[var]
+            value = env.get(var)
+            # Like the shell: ${VAR:-default} also replaces an empty value, ${VAR} keeps it.
+            if value is not None and (value != "" or default is None):
+                return value
             if default is not None:
                 return default
             errors.append(
