@@ -9,7 +9,8 @@ Runs in its own thread with its own asyncio loop, so a test can use it in-proces
         sim.book_at("BTCUSDT", u, depth=20)  # what a correct local book holds after update u
 
 Everything the exchange does is decided by :class:`~sources.simulator.exchange.Exchange` (the
-market) and :mod:`~sources.simulator.faults` (what goes wrong); this module only moves bytes.
+market) and :mod:`~sources.simulator.faults` (what goes wrong); this module runs the loop and
+the WebSocket side, :mod:`~sources.simulator.rest` the REST side.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -33,14 +33,10 @@ from websockets.http11 import Request, Response
 from market_data.events import Market
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.exchange import Exchange, Frame
-from sources.simulator.faults import FaultConfig, break_frame, frame_action, snapshot_refused
-from sources.simulator.limits import (
-    MessageRate,
-    WeightLimiter,
-    futures_depth_weight,
-    spot_depth_weight,
-)
+from sources.simulator.faults import FaultConfig, break_frame, frame_action
+from sources.simulator.limits import MessageRate
 from sources.simulator.market import BookLevels, Fill, SimulatorError
+from sources.simulator.rest import RestApi
 from sources.simulator.streams import ConnectPath, delivered, parse_path, parse_stream
 
 logger = logging.getLogger(__name__)
@@ -139,13 +135,7 @@ class Simulator:
         self._faults = self.config.faults
         # Every key exists from the start, so counts() can copy it from another thread.
         self._counts: Counter[str] = Counter(dict.fromkeys(COUNT_NAMES, 0))
-        self._limiter = WeightLimiter(
-            self.config.weight_limit(),
-            self.config.weight_window_s,
-            self.config.ban_after_429,
-            self.config.ban_s,
-        )
-        self._rest_rng = random.Random(f"{self.config.seed}:rest")
+        self._rest = RestApi(self.config, self._exchange, self._counts, lambda: self._faults, clock)
         self._subs: dict[str, set[_Conn]] = {}
         self._conns: set[_Conn] = set()
         self._conn_serial = 0
@@ -293,7 +283,7 @@ class Simulator:
             max_size=2**16,
             logger=logging.getLogger(f"{__name__}.ws"),
         )
-        http_server = await asyncio.start_server(self._http_client, cfg.host, cfg.rest_port)
+        http_server = await asyncio.start_server(self._rest.serve_client, cfg.host, cfg.rest_port)
         ws_port = _port(ws_server)
         rest_port = http_server.sockets[0].getsockname()[1]
         self.ws_url = f"ws://{cfg.host}:{ws_port}"
@@ -495,132 +485,6 @@ class Simulator:
             return _dumps({"code": 1, "msg": "Invalid value type: expected Boolean", "id": rid})
         conn.combined = params[1]
         return _dumps({"result": None, "id": rid})
-
-    # -- REST ------------------------------------------------------------------------------
-    async def _http_client(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if peer else "?"
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                parts = line.decode("latin-1").split()
-                headers: dict[str, str] = {}
-                while True:
-                    raw = await reader.readline()
-                    if raw in (b"\r\n", b"\n", b""):
-                        break
-                    key, _, value = raw.decode("latin-1").partition(":")
-                    headers[key.strip().lower()] = value.strip()
-                length = int(headers.get("content-length") or 0)
-                if length:
-                    await reader.readexactly(length)
-                if len(parts) != 3:
-                    extra: dict[str, str] = {}
-                    status, body = 400, {"code": -1, "msg": "Bad request line."}
-                    keep = False
-                else:
-                    method, target, version = parts
-                    status, extra, body = await self._rest(method, target, client)
-                    keep = (
-                        version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-                    )
-                payload = orjson.dumps(body)
-                head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}"]
-                head.append("Content-Type: application/json;charset=UTF-8")
-                head.append(f"Content-Length: {len(payload)}")
-                head.extend(f"{k}: {v}" for k, v in extra.items())
-                head.append("Connection: keep-alive" if keep else "Connection: close")
-                writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
-                await writer.drain()
-                if not keep:
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            writer.close()
-
-    async def _rest(self, method: str, target: str, client: str) -> tuple[int, dict[str, str], Any]:
-        url = urlsplit(target)
-        query = parse_qs(url.query)
-        prefix = "/fapi/v1" if self.market is Market.FUTURES else "/api/v3"
-        if url.path not in (f"{prefix}/depth", f"{prefix}/ping", f"{prefix}/time"):
-            return 404, {}, {"code": -1, "msg": f"Not found: {url.path}"}
-        if method != "GET":
-            return 405, {}, {"code": -1, "msg": f"Method {method} is not allowed."}
-        if url.path.endswith("/depth"):
-            return await self._depth(query, client)
-        verdict = self._limiter.check(client, 1, self._clock())
-        extra = self._weight_headers(verdict.used_weight)
-        if verdict.status != 200:
-            return self._refused(verdict.status, verdict.retry_after_s, extra, client)
-        if url.path.endswith("/ping"):
-            return 200, extra, {}
-        return 200, extra, {"serverTime": int(self._clock() * 1000)}
-
-    def _weight_headers(self, used: int) -> dict[str, str]:
-        if self.market is Market.FUTURES:
-            return {"X-MBX-USED-WEIGHT-1M": str(used)}
-        return {"x-mbx-used-weight": str(used), "x-mbx-used-weight-1m": str(used)}
-
-    def _refused(
-        self, status: int, retry_after: int, extra: dict[str, str], client: str
-    ) -> tuple[int, dict[str, str], Any]:
-        extra = {**extra, "Retry-After": str(retry_after)}
-        if status == 418:
-            self._counts["rest_418"] += 1
-            until = int((self._clock() + retry_after) * 1000)
-            msg = (
-                f"Way too many requests; IP({client}) banned until {until}. "
-                "Please use the websocket for live updates to avoid bans."
-            )
-        else:
-            self._counts["rest_429"] += 1
-            msg = (
-                f"Too many requests; current limit of IP({client}) is "
-                f"{self._limiter.budget} requests per minute. Please use the websocket for "
-                "live updates to avoid polling the API."
-            )
-        return status, extra, {"code": -1003, "msg": msg}
-
-    async def _depth(
-        self, query: dict[str, list[str]], client: str
-    ) -> tuple[int, dict[str, str], Any]:
-        futures = self.market is Market.FUTURES
-        symbol = (query.get("symbol") or [""])[0]
-        if not symbol:
-            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
-            return 400, {}, {"code": -1102, "msg": msg}
-        raw_limit = (query.get("limit") or ["500" if futures else "100"])[0]
-        if not raw_limit.isdigit() or not 0 < int(raw_limit):
-            msg = "Illegal characters found in parameter 'limit'; legal range is '^[0-9]{1,20}$'."
-            return 400, {}, {"code": -1100, "msg": msg}
-        limit = min(int(raw_limit), 1000 if futures else 5000)
-        faults = self._faults
-        if faults.snapshot_429 and snapshot_refused(faults, self._rest_rng):
-            self._counts["snapshot_429"] += 1
-            used = self._limiter.used(client, self._clock())
-            return self._refused(429, 1, self._weight_headers(used), client)
-        weight = futures_depth_weight(limit) if futures else spot_depth_weight(limit)
-        verdict = self._limiter.check(client, weight, self._clock())
-        extra = self._weight_headers(verdict.used_weight)
-        if verdict.status != 200:
-            return self._refused(verdict.status, verdict.retry_after_s, extra, client)
-        if symbol not in self._exchange.symbols:
-            return 400, extra, {"code": -1121, "msg": "Invalid symbol."}
-        # Taken now and delivered late, as a slow snapshot is: it ages on the way.
-        body = self._exchange.snapshot(
-            symbol, limit, faults.snapshot_lag, int(self._clock() * 1000)
-        )
-        if faults.snapshot_lag:
-            self._counts["snapshot_lag"] += 1
-        if faults.snapshot_delay_s > 0:
-            self._counts["snapshot_delay"] += 1
-            await asyncio.sleep(faults.snapshot_delay_s)
-        return 200, extra, body
 
 
 def _port(server: Server) -> int:
