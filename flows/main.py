@@ -3,6 +3,9 @@
 The config file is ``$PIPELINES_FILE`` or ``./pipelines.yaml``; the factory form
 ``python -m bytewax.run "flows.main:build_flow('other.yaml')"`` names one directly. A config error
 prints every problem and exits with status 2, without a traceback.
+
+Building the flow also starts the health sidecar (``/health``, ``/ready``, ``/metrics``; see
+``docs/health.md``) once per process.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from bytewax.dataflow import Dataflow
 
 from flows.build import build_dataflow
+from health.cluster import HealthError, detect, prepare
 from market_data import ConfigError
 from market_data.config import config_path, load_config
 from market_data.logs import setup_logging
@@ -22,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_flow(path: str | None = None) -> Dataflow:
-    """Load the config at ``path`` (default: ``$PIPELINES_FILE`` or ``./pipelines.yaml``)."""
+    """Load the config at ``path``, build its dataflow and start the process's health sidecar.
+
+    ``path`` defaults to ``$PIPELINES_FILE`` or ``./pipelines.yaml``.
+    """
     path = path or config_path()
     try:
         config = load_config(path)
@@ -30,7 +37,19 @@ def build_flow(path: str | None = None) -> Dataflow:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(config.service.logging)
-    return build_dataflow(config)
+    topology = detect()
+    try:
+        # Before the dataflow's modules import prometheus_client: a cluster's processes need its
+        # multiprocess mode, which is chosen at that import.
+        shared = prepare(config.service.health, topology)
+    except HealthError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
+    flow = build_dataflow(config)
+    from health import server  # imports prometheus_client, so only after prepare()
+
+    server.start(config, topology, shared)
+    return flow
 
 
 def __getattr__(name: str) -> Any:

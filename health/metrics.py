@@ -1,11 +1,21 @@
 """Prometheus metrics, defined once and shared by every worker in the process.
 
-The seed's names and labels are a contract for existing dashboards; keep them.
+The seed's names and labels are a contract for existing dashboards; keep them. Gauges name a
+``multiprocess_mode`` so that, in a multi-process cluster (prometheus-client's multiprocess
+mode, see :mod:`health.cluster`), processes' values combine without a ``pid`` label.
+
+The gauges made from the health state at scrape time (book staleness, sync and sink
+reachability, readiness) are in :func:`state_families`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from health.report import Expectations, Merged, sink_problem
 
 # 1 µs .. 100 ms, roughly x2.5 per bucket
 _LATENCY_US_BUCKETS = (
@@ -13,7 +23,10 @@ _LATENCY_US_BUCKETS = (
 )  # fmt: skip
 
 WEBSOCKET_CONNECTED = Gauge(
-    "websocket_connected", "1 while the symbol's WebSocket connections are up", ["symbol"]
+    "websocket_connected",
+    "1 while the symbol's WebSocket connections are up",
+    ["symbol"],
+    multiprocess_mode="livemax",
 )
 WEBSOCKET_DISCONNECTS = Counter(
     "websocket_disconnects", "WebSocket disconnects affecting the symbol", ["symbol"]
@@ -39,9 +52,57 @@ SEQUENCE_ERRORS = Counter("sequence_errors", "Sequence gaps detected", ["symbol"
 TRADES_PROCESSED = Counter("trades_processed", "Trades emitted", ["symbol"])
 REDIS_PUBLISHES = Counter("redis_publishes", "Messages written to Redis", ["symbol", "type"])
 REDIS_ERRORS = Counter("redis_errors", "Failed Redis writes", ["symbol"])
-SINK_BUFFER_DEPTH = Gauge("sink_buffer_depth", "Items held by a sink awaiting delivery", ["sink"])
+SINK_BUFFER_DEPTH = Gauge(
+    "sink_buffer_depth",
+    "Items held by a sink awaiting delivery",
+    ["sink"],
+    multiprocess_mode="livesum",  # partitions report deltas, so they add up
+)
 SINK_DROPS = Counter("sink_drops", "Items a sink had to drop (overflow)", ["sink", "type"])
 SNAPSHOT_FETCHES = Counter(
     "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]
 )
 RESYNCS = Counter("resyncs", "Snapshots requested by the source, by reason", ["symbol", "reason"])
+EVENT_TO_PUBLISH_LATENCY_S = Histogram(
+    "event_to_publish_latency_seconds",
+    "Exchange event time (E) to the sink's write, in seconds (includes clock offset; >= 0)",
+    ["symbol"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def state_families(
+    expect: Expectations, merged: Merged, ready: bool
+) -> Iterator[GaugeMetricFamily]:
+    """Gauges computed at scrape time from the health reports of every process."""
+    now = merged.now
+    staleness = GaugeMetricFamily(
+        "orderbook_staleness_seconds",
+        "Seconds since the symbol's last published book update",
+        labels=["pipeline", "symbol"],
+    )
+    synced = GaugeMetricFamily(
+        "orderbook_synced", "1 while the symbol's book is synced", labels=["pipeline", "symbol"]
+    )
+    for (pipeline, symbol), book in sorted(merged.books.items()):
+        synced.add_metric([pipeline, symbol], 1.0 if book["state"] == "synced" else 0.0)
+        if book["last_update_at"] is not None:
+            staleness.add_metric([pipeline, symbol], max(0.0, now - book["last_update_at"]))
+    reachable = GaugeMetricFamily(
+        "sink_reachable", "1 while every partition of the sink can write", labels=["sink"]
+    )
+    for p in expect.pipelines:
+        for label in p.sinks:
+            if label in merged.sinks:
+                reachable.add_metric([label], 0.0 if sink_problem(label, merged) else 1.0)
+    yield staleness
+    yield synced
+    yield reachable
+    yield GaugeMetricFamily(
+        "market_data_ready", "1 when /ready answers 200", value=1.0 if ready else 0.0
+    )
+    yield GaugeMetricFamily(
+        "market_data_processes_reporting",
+        "Processes of the cluster whose health report is fresh",
+        value=float(len(merged.reports)),
+    )

@@ -54,6 +54,9 @@ class HealthSettings(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9090
     enabled: bool = True
     stall_after_s: Annotated[float, Field(gt=0)] = 30.0
+    # Several processes of one cluster share metrics and readiness through this directory;
+    # default: $PROMETHEUS_MULTIPROC_DIR, else a temp directory named after the cluster.
+    shared_dir: str | None = None
 
 
 class LoggingSettings(_Strict):

@@ -8,6 +8,7 @@ bytewax's per-epoch snapshot cost constant instead of copying a 1,000-level book
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from bytewax.operators import StatefulBatchLogic
 from typing_extensions import override
 
 from health import metrics
+from health.state import STATE, BookHealth
 from market_data.events import (
     BookState,
     BookStatus,
@@ -44,11 +46,15 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
     symbol its events carry.
     """
 
-    def __init__(self, options: OrderBookOptions, market: Market, resume: _Resume) -> None:
+    def __init__(
+        self, options: OrderBookOptions, market: Market, resume: _Resume, step_id: str = ""
+    ) -> None:
         self.options = options
         self.market = market
         self.resume = resume
+        self.step_id = step_id
         self.state: SymbolState | None = None
+        self.health: BookHealth | None = None
 
     @override
     def on_batch(self, values: list[SourceEvent]) -> tuple[Iterable[OutputEvent], bool]:
@@ -63,8 +69,9 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
                 opts.max_buffer,
                 last_trade_id=self.resume,
             )
+            self.health = STATE.book(self.step_id, state.symbol)
         out = state.on_events(values)
-        _export_metrics(state.symbol, values, out)
+        _export_metrics(state.symbol, values, out, self.health)
         return out, StatefulBatchLogic.RETAIN
 
     @override
@@ -72,20 +79,31 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
         return self.state.last_trade_id if self.state is not None else self.resume
 
 
-def _export_metrics(symbol: str, values: list[SourceEvent], out: list[OutputEvent]) -> None:
+def _export_metrics(
+    symbol: str, values: list[SourceEvent], out: list[OutputEvent], health: BookHealth | None
+) -> None:
     kinds = Counter(_kind(v) for v in values)
     for kind, n in kinds.items():
         if kind == "error":
             metrics.MESSAGES_ERROR.labels(symbol).inc(n)
         metrics.MESSAGES_PROCESSED.labels(symbol, kind).inc(n)
     books = trades = gaps = 0
+    last_book: BookUpdate | None = None
+    now = time.time()
     for ev in out:
         if isinstance(ev, BookUpdate):
             books += 1
+            last_book = ev
         elif isinstance(ev, Trade):
             trades += 1
-        elif isinstance(ev, BookStatus) and ev.state is not BookState.SYNCED:
-            gaps += 1
+        elif isinstance(ev, BookStatus):
+            if ev.state is not BookState.SYNCED:
+                gaps += 1
+            if health is not None:
+                health.changed(ev.state, ev.reason, now)
+    STATE.processed_at = now
+    if health is not None and last_book is not None:
+        health.updated(last_book.last_update_id, now)
     if books:
         metrics.ORDERBOOK_UPDATES.labels(symbol).inc(books)
     if trades:
@@ -120,19 +138,20 @@ def apply(
     op.inspect(f"{step_id}_unrouted", split.falses, _account_unrouted)
     keyed = op.key_on(f"{step_id}_by_symbol", split.trues, _symbol_of)
 
-    books = op.stateful_batch(step_id, keyed, _Builder(options, market))
+    books = op.stateful_batch(step_id, keyed, _Builder(options, market, step_id))
     return op.key_rm(f"{step_id}_unkey", books)
 
 
 class _Builder:
     """Builds a :class:`BookLogic` for a new key; a plain picklable object, not a closure."""
 
-    def __init__(self, options: OrderBookOptions, market: Market) -> None:
+    def __init__(self, options: OrderBookOptions, market: Market, step_id: str = "") -> None:
         self.options = options
         self.market = market
+        self.step_id = step_id  # names the pipeline in the health state
 
     def __call__(self, resume: _Resume) -> BookLogic:
-        return BookLogic(self.options, self.market, resume)
+        return BookLogic(self.options, self.market, resume, self.step_id)
 
 
 def _has_symbol(ev: SourceEvent) -> bool:

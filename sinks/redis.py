@@ -48,8 +48,11 @@ Delivery when Redis is down, restarting or slow (``write_batch`` never raises fo
 Metrics: ``redis_publishes{symbol,type}`` per item fully written (``type`` is ``orderbook`` or
 ``trade``), ``redis_errors{symbol}`` per failed attempt and symbol in it and per refused write,
 ``sink_buffer_depth{sink}`` and ``sink_drops{sink,type}`` with ``sink`` = ``redis:<pipeline>``,
-and ``processing_latency_*{symbol}``: ``recv_ns`` to the moment the pipeline returned, for items
-with ``recv_ns > 0``. URLs are logged with any password replaced by ``***``.
+``processing_latency_*{symbol}``: ``recv_ns`` to the moment the pipeline returned, for items
+with ``recv_ns > 0``, and ``event_to_publish_latency_seconds{symbol}``: the exchange's event
+time to that moment, for the same items. Reachability goes to :data:`health.state.STATE`
+(down after a failed attempt, up after a good one) for ``/ready``. URLs are logged with any
+password replaced by ``***``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ from redis.exceptions import (
 from redis.retry import Retry
 
 from health import metrics
+from health.state import STATE
 from market_data import ConfigError, MarketDataError
 from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
@@ -157,7 +161,8 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self._logged: set[tuple[str, str]] = set()
         self._publishes: dict[tuple[str, str], Counter] = {}
         self._errors: dict[str, Counter] = {}
-        self._latency: dict[str, tuple[Histogram, Histogram]] = {}
+        self._latency: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
+        self._health = STATE.sink(sink_label)  # reachability, for /ready
 
     def write_batch(self, items: list[OutputEvent]) -> None:
         """Write ``items`` in one pipeline, or hold them while Redis is unreachable."""
@@ -193,6 +198,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
                 self._url,
             )
         self._report_depth()
+        self._health.close()
         self._client.close()
 
     def _pending(self, item: OutputEvent) -> Pending:
@@ -241,6 +247,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             self._failed(writes, now, exc, maybe_sent=True)
             return False
         done_ns = time.perf_counter_ns()
+        done_s = time.time()
         retry: list[Pending] = []
         first_error: Exception | None = None
         replies_iter = iter(replies)
@@ -264,10 +271,11 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             if left:
                 retry.append(Pending(pending.item, left, pending.maybe_sent))
             elif ok:
-                self._delivered(pending.item, done_ns)
+                self._delivered(pending.item, done_ns, done_s)
         if first_error is not None:
             self._failed(retry, now, first_error, maybe_sent=False)
             return False
+        self._health.up()
         if self._failures:
             logger.info(
                 "redis sink %s: writing to %s again after %.1f s and %d failed attempts; "
@@ -286,6 +294,10 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self, writes: list[Pending], now: float, error: Exception, maybe_sent: bool
     ) -> None:
         self._failures += 1
+        self._health.down(
+            f"redis {'unreachable' if maybe_sent else 'refusing writes'}: "
+            f"{type(error).__name__}: {error}"
+        )
         delay = self._backoff.compute(self._failures)
         self._retry_at = now + delay
         for symbol in sorted({p.item.symbol for p in writes}):
@@ -324,7 +336,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
                 "it is dropped" if dropped else "skipped in the stream (another writer?)",
             )
 
-    def _delivered(self, item: BookUpdate | Trade, done_ns: int) -> None:
+    def _delivered(self, item: BookUpdate | Trade, done_ns: int, done_s: float) -> None:
         symbol = item.symbol
         kind = "orderbook" if isinstance(item, BookUpdate) else "trade"
         counter = self._publishes.get((symbol, kind))
@@ -337,10 +349,13 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
                 hists = self._latency[symbol] = (
                     metrics.PROCESSING_LATENCY_US.labels(symbol),
                     metrics.PROCESSING_LATENCY_S.labels(symbol),
+                    metrics.EVENT_TO_PUBLISH_LATENCY_S.labels(symbol),
                 )
             elapsed_ns = done_ns - item.recv_ns
             hists[0].observe(elapsed_ns / 1e3)
             hists[1].observe(elapsed_ns / 1e9)
+            # The exchange's clock may run ahead of ours: never a negative observation.
+            hists[2].observe(max(0.0, done_s - item.event_time_ms / 1e3))
 
     def _error_counter(self, symbol: str) -> Counter:
         counter = self._errors.get(symbol)

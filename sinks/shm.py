@@ -35,6 +35,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from typing_extensions import override
 
 from health.metrics import SINK_DROPS
+from health.state import STATE
 from market_data import ConfigError
 from market_data.events import BookStatus, BookUpdate, OutputEvent, Trade
 from sinks.payload import encode_book, encode_trade
@@ -435,6 +436,8 @@ class _ShmPartition(StatelessSinkPartition[OutputEvent]):
         self._writer = writer
         self._label = label
         self._drops: dict[tuple[str, str], int] = {}
+        self._health = STATE.sink(label)
+        self._health.up()  # the segment exists and is ours until close
 
     @override
     def write_batch(self, items: list[OutputEvent]) -> None:
@@ -469,6 +472,7 @@ class _ShmPartition(StatelessSinkPartition[OutputEvent]):
 
     @override
     def close(self) -> None:
+        self._health.close()
         self._writer.close()
 
 

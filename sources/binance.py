@@ -24,6 +24,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from health import metrics
+from health.state import STATE
 from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
 from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent
@@ -104,6 +105,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         self.connections = [
             WsConnection(plan, settings, self._on_frame, self._on_state, rng) for plan in self.plans
         ]
+        self._health = {plan: STATE.connection(options.type, plan.symbols) for plan in self.plans}
         self._poll = timedelta(milliseconds=options.poll_interval_ms)
         self._awake: datetime | None = None
         self._end_at = None if options.run_for_s is None else time.monotonic() + options.run_for_s
@@ -113,6 +115,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
 
     def _on_frame(self, recv_time: float, recv_ns: int, url: str, text: str) -> None:
         self._queue.append((_FRAME, recv_time, recv_ns, text))
+        STATE.received_at = recv_time  # for stall detection: received, not yet processed
         if self._recorder is not None:
             self._recorder.ws(recv_time, url, text)
 
@@ -150,6 +153,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 out.append(ev)
             else:
                 self._on_conn(item[1])
+        if out:
+            STATE.processed_at = time.time()
         self._awake = (
             None if out or self._poll.total_seconds() == 0 else datetime.now(UTC) + self._poll
         )
@@ -159,6 +164,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         plan: ConnectionPlan = event.plan
         depth_symbols = [s for s in plan.symbols if any("@depth" in n for n in plan.streams)]
         if event.state is ConnState.CONNECTED:
+            self._health[plan].connected()
             for symbol in plan.symbols:
                 metrics.WEBSOCKET_CONNECTED.labels(symbol).set(1)
             # Deltas were missed while disconnected (or never seen): every depth symbol of this
@@ -167,6 +173,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 self._trackers[symbol].reset("connected")
                 self.fetcher.request(symbol, "connected")
         elif event.state is ConnState.DISCONNECTED:
+            self._health[plan].disconnected(event.reason)
             for symbol in plan.symbols:
                 metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
                 metrics.WEBSOCKET_DISCONNECTS.labels(symbol).inc()
@@ -183,6 +190,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
     def close(self) -> None:
         for conn in self.connections:
             conn.stop()
+        for health in self._health.values():
+            health.close()
         self.fetcher.stop()
         if self._recorder is not None:
             self._recorder.close()
