@@ -42,3 +42,26 @@ def setup_logging(settings: LoggingSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
+
+
+class Occurrences:
+    """Which occurrences of a repeated problem to log: the 1st, 10th, 100th, ... of each key.
+
+    A flood of malformed frames is then a handful of lines that still say how many there were;
+    the metrics count every one.
+    """
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._counts: dict[object, int] = {}
+
+    def note(self, key: object) -> int | None:
+        """Count one occurrence of ``key``; return the count when this one should be logged."""
+        counts = self._counts
+        n = counts.get(key, 0) + 1
+        if n == 1 and len(counts) >= self.max_keys:
+            counts.clear()  # bounded: a stream of ever-new keys must not grow memory
+        counts[key] = n
+        while n % 10 == 0:
+            n //= 10
+        return counts[key] if n == 1 else None

@@ -31,6 +31,7 @@ from market_data.events import (
     SourceEvent,
     Trade,
 )
+from market_data.logs import Occurrences
 from market_data.options import OrderBookOptions
 from operators.symbol import SymbolState
 
@@ -86,6 +87,9 @@ def _export_metrics(
     for kind, n in kinds.items():
         if kind == "error":
             metrics.MESSAGES_ERROR.labels(symbol).inc(n)
+            for v in values:
+                if type(v) is FrameError:
+                    _log_frame_error(symbol, v)
         metrics.MESSAGES_PROCESSED.labels(symbol, kind).inc(n)
     books = trades = gaps = 0
     last_book: BookUpdate | None = None
@@ -162,9 +166,22 @@ def _symbol_of(ev: SourceEvent) -> str:
     return ev.symbol  # type: ignore[return-value]
 
 
+_ERRORS_SEEN = Occurrences()
+
+
+def _log_frame_error(where: str, ev: FrameError) -> None:
+    """Log an unusable frame the 1st, 10th, 100th... time its kind of problem comes up."""
+    kind = ev.reason.split(":", 1)[0]
+    n = _ERRORS_SEEN.note((where, kind))
+    if n is not None:
+        logger.warning(
+            "%s: unusable frame (#%d of this kind): %s: %.200s", where, n, ev.reason, ev.excerpt
+        )
+
+
 def _account_unrouted(step_id: str, ev: SourceEvent) -> None:
     if type(ev) is FrameError:
         metrics.MESSAGES_ERROR.labels("").inc()
-        logger.warning("%s: unusable frame: %s: %.200s", step_id, ev.reason, ev.excerpt)
+        _log_frame_error(step_id, ev)
     else:
         metrics.MESSAGES_PROCESSED.labels("", _kind(ev)).inc()
