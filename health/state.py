@@ -96,26 +96,25 @@ class ConnectionHealth:
 class SinkHealth:
     """One sink partition's reachability: unknown until its first write, then up or down."""
 
-    __slots__ = ("_state", "label", "reason", "since", "status")
+    __slots__ = ("_state", "label", "status")
 
     UNKNOWN, UP, DOWN = "unknown", "up", "down"
 
     def __init__(self, state: HealthState, label: str, now: float) -> None:
         self._state = state
         self.label = label
-        self.status = SinkHealth.UNKNOWN
-        self.reason = "no write yet"
-        self.since = now
+        # (status, reason, since): one tuple, replaced whole
+        self.status: tuple[str, str, float] = (SinkHealth.UNKNOWN, "no write yet", now)
 
     def up(self) -> None:
         """A write succeeded. Cheap when nothing changes: call it after every good write."""
-        if self.status != SinkHealth.UP:
-            self.status, self.reason, self.since = SinkHealth.UP, "", time.time()
+        if self.status[0] != SinkHealth.UP:
+            self.status = (SinkHealth.UP, "", time.time())
 
     def down(self, reason: str) -> None:
         """A write failed; ``reason`` says why (``redis unreachable: ...``)."""
-        if self.status != SinkHealth.DOWN or self.reason != reason:
-            self.status, self.reason, self.since = SinkHealth.DOWN, reason, time.time()
+        if self.status[:2] != (SinkHealth.DOWN, reason):
+            self.status = (SinkHealth.DOWN, reason, time.time())
 
     def close(self) -> None:
         """The partition closed: it no longer counts."""
@@ -226,8 +225,8 @@ class HealthState:
         """The process's state as a JSON-ready dict (the report format)."""
         with self._lock:
             books = list(self._books.values())
-            connections = list(self._connections)
-            sinks = list(self._sinks)
+            connections = [(c.pipeline, c.symbols, c.up, c.reason) for c in self._connections]
+            sinks = [(s.label, s.status) for s in self._sinks]
         out_books: dict[str, dict[str, Any]] = {}
         for b in books:
             state, reason, since = b.status
@@ -239,22 +238,22 @@ class HealthState:
                 "last_update_id": b.last_update_id,
             }
         links: dict[str, dict[str, dict[str, Any]]] = {}
-        for c in connections:
-            for symbol in c.symbols:
-                entry = links.setdefault(c.pipeline, {}).setdefault(
+        for pipeline, symbols, up, why in connections:
+            for symbol in symbols:
+                entry = links.setdefault(pipeline, {}).setdefault(
                     symbol, {"up": 0, "down": 0, "reason": ""}
                 )
-                if c.up:
+                if up:
                     entry["up"] += 1
                 else:
                     entry["down"] += 1
-                    entry["reason"] = c.reason
+                    entry["reason"] = why
         out_sinks: dict[str, dict[str, Any]] = {}
-        for s in sinks:
-            agg = out_sinks.setdefault(s.label, {"up": 0, "down": 0, "unknown": 0, "reason": ""})
-            agg[s.status] += 1
-            if s.status == SinkHealth.DOWN:
-                agg["reason"] = s.reason
+        for label, (status, reason, _since) in sinks:
+            agg = out_sinks.setdefault(label, {"up": 0, "down": 0, "unknown": 0, "reason": ""})
+            agg[status] += 1
+            if status == SinkHealth.DOWN:
+                agg["reason"] = reason
         return {
             "format": REPORT_FORMAT,
             "process": self.process_id,
@@ -265,8 +264,8 @@ class HealthState:
             "processed_at": self.processed_at,
             "received_at": self.received_at,
             "connections": {
-                "up": sum(1 for c in connections if c.up),
-                "down": sum(1 for c in connections if not c.up),
+                "up": sum(1 for c in connections if c[2]),
+                "down": sum(1 for c in connections if not c[2]),
             },
             "books": out_books,
             "links": links,
