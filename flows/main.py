@@ -5,7 +5,9 @@ The config file is ``$PIPELINES_FILE`` or ``./pipelines.yaml``; the factory form
 prints every problem and exits with status 2, without a traceback.
 
 Building the flow also starts the health sidecar (``/health``, ``/ready``, ``/metrics``; see
-``docs/health.md``) once per process.
+``docs/health.md``) once per process, and makes SIGINT and SIGTERM stop the flow gracefully (see
+:mod:`market_data.shutdown`): the sources end, the sinks flush and close, shared memory is
+unlinked, and the process exits with status 0; a second signal stops it at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from health.cluster import HealthError, detect, prepare
 from market_data import ConfigError
 from market_data.config import config_path, load_config
 from market_data.logs import setup_logging
+from market_data.shutdown import install_signal_handlers
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def build_flow(path: str | None = None) -> Dataflow:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
     setup_logging(config.service.logging)
+    install_signal_handlers()  # before anything starts: a signal from now on stops gracefully
     topology = detect()
     try:
         # Before the dataflow's modules import prometheus_client: a cluster's processes need its

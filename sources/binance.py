@@ -29,6 +29,7 @@ from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
 from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent
 from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
+from market_data.shutdown import stop_requested
 from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
 from sources.parse import parse_frame
 from sources.policy import ConnectionPlan, plan_connections
@@ -124,8 +125,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
 
     @override
     def next_batch(self) -> list[SourceEvent]:
-        if self._end_at is not None and time.monotonic() >= self._end_at:
-            raise StopIteration  # run_for_s is over: the flow ends and sinks flush
+        if stop_requested() or (self._end_at is not None and time.monotonic() >= self._end_at):
+            raise StopIteration  # SIGTERM/SIGINT or run_for_s: the flow ends and sinks flush
         out: list[SourceEvent] = []
         queue = self._queue
         trackers = self._trackers

@@ -19,6 +19,7 @@ from market_data import ParseError
 from market_data.config import PipelineConfig
 from market_data.events import FrameError, Ignored, Market, SourceEvent
 from market_data.options import ReplayOptions
+from market_data.shutdown import stop_requested
 from sources.parse import parse_frame, parse_snapshot
 from sources.recording import Record, read_records
 
@@ -87,6 +88,8 @@ class _ReplayPartition(StatefulSourcePartition[SourceEvent, int]):
 
     @override
     def next_batch(self) -> list[SourceEvent]:
+        if stop_requested():
+            raise StopIteration  # SIGTERM/SIGINT: end here; bytewax closes (flushes) the sinks
         out: list[SourceEvent] = []
         self._awake = None
         while len(out) < BATCH_SIZE:
