@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     from bytewax._bytewax import cli_main
 
     from flows.build import build_dataflow
+    from health import server
+    from health.cluster import Topology
     from sources.simulator.config import SimulatorConfig
     from sources.simulator.faults import parse_faults
     from sources.simulator.server import Simulator
@@ -83,9 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         logger.info(
             "demo: simulator at %s (REST %s), symbols %s", sim.ws_url, sim.rest_url, symbols
         )
-        logger.info("demo: watch it with: python -m sinks.shm tail market_data_demo")
+        flow = build_dataflow(config)
+        sidecar = server.start(config, Topology(workers_per_process=args.workers), None)
+        first = "BTCUSDT" if "BTCUSDT" in symbols or not symbols else symbols[0]
+        page = (
+            f"http://{config.service.health.host}:{sidecar.port}/book/{first}"
+            if sidecar is not None and sidecar.port
+            else "(no sidecar)"
+        )
+        logger.info("demo: watch it with: python -m market_data book %s, or open %s", first, page)
         try:
-            cli_main(build_dataflow(config), workers_per_process=args.workers)
+            cli_main(flow, workers_per_process=args.workers)
         except KeyboardInterrupt:
             pass
         except Exception as exc:  # bytewax reports Ctrl-C as a runtime error "signal received"

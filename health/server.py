@@ -28,7 +28,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from health import report
+from health import book_page, report
 from health.cluster import STALE_AFTER_S, ReportWriter, Topology, read_reports, report_path
 from health.metrics import state_families
 from health.state import STATE, HealthState, PipelineScope
@@ -134,6 +134,7 @@ def create_app(view: Callable[[], HealthView]) -> Flask:
     def metrics() -> Response:
         return Response(view().metrics(), content_type=METRICS_CONTENT_TYPE)
 
+    app.register_blueprint(book_page.blueprint(view))  # /book/<SYMBOL>: docs/consuming.md
     return app
 
 
