@@ -109,12 +109,12 @@ class SinkHealth:
     def up(self) -> None:
         """A write succeeded. Cheap when nothing changes: call it after every good write."""
         if self.status[0] != SinkHealth.UP:
-            self.status = (SinkHealth.UP, "", time.time())
+            self.status = (SinkHealth.UP, "", self._state._clock())
 
     def down(self, reason: str) -> None:
         """A write failed; ``reason`` says why (``redis unreachable: ...``)."""
         if self.status[:2] != (SinkHealth.DOWN, reason):
-            self.status = (SinkHealth.DOWN, reason, time.time())
+            self.status = (SinkHealth.DOWN, reason, self._state._clock())
 
     def close(self) -> None:
         """The partition closed: it no longer counts."""
@@ -162,9 +162,12 @@ class HealthState:
     def _pipeline_of_step(self, step_id: str) -> str:
         name = self._by_step.get(step_id)
         if name is None:
-            # The pipeline whose prefix is the longest one of the step id ("<prefix>_order_book").
+            # flows.build names the step "<prefix>_order_book"; else the longest matching prefix.
             best: PipelineScope | None = None
             for scope in self._scopes:
+                if step_id == f"{scope.step_prefix}_order_book":
+                    best = scope
+                    break
                 if step_id.startswith(scope.step_prefix + "_") and (
                     best is None or len(scope.step_prefix) > len(best.step_prefix)
                 ):

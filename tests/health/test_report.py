@@ -193,7 +193,13 @@ def test_a_step_id_maps_to_the_pipeline_with_the_longest_matching_prefix():
     state.configure([PipelineScope("a", "a", "replay"), PipelineScope("a-b", "a_b", "replay")])
     assert state.book("a_b_order_book", "X").pipeline == "a-b"
     assert state.book("a_order_book", "X").pipeline == "a"
+    assert state.book("a_b_op_1", "X").pipeline == "a-b"
     assert state.book("other", "X").pipeline == "other"  # unconfigured: reported as it is
+    state.configure(
+        [PipelineScope("a", "a", "replay"), PipelineScope("a_order", "a_order", "replay")]
+    )
+    assert state.book("a_order_book", "X").pipeline == "a"
+    assert state.book("a_order_order_book", "X").pipeline == "a_order"
 
 
 def test_pipelines_of_one_source_type_are_told_apart_by_their_symbols():
