@@ -11,6 +11,8 @@ import logging
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
+from flows.affinity import apply_cpu_affinity
+from health.cluster import detect
 from market_data.config import AppConfig, PipelineConfig
 from market_data.events import Market
 from market_data.registry import OPERATORS, SINKS, SOURCES
@@ -21,7 +23,8 @@ FLOW_ID = "market_data"
 
 
 def build_dataflow(config: AppConfig) -> Dataflow:
-    """The dataflow for every pipeline of ``config``."""
+    """The dataflow for every pipeline of ``config``; pins the process if the config asks."""
+    apply_cpu_affinity(config.service.cpu_affinity, detect().process_id)
     flow = Dataflow(FLOW_ID)
     for pipeline in config.pipelines:
         _add_pipeline(flow, pipeline)

@@ -66,11 +66,17 @@ class LoggingSettings(_Strict):
     format: Literal["text", "json"] = "text"
 
 
+CpuSet = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class ServiceSettings(_Strict):
     """Service-level settings."""
 
     health: HealthSettings = HealthSettings()
     logging: LoggingSettings = LoggingSettings()
+    # CPUs the worker processes run on (os.sched_setaffinity when the flow is built): one set
+    # for every process, or a list of sets, process i taking set i (modulo their number).
+    cpu_affinity: CpuSet | Annotated[list[CpuSet], Field(min_length=1)] | None = None
 
 
 class _RawPipeline(_Strict):
