@@ -18,6 +18,7 @@ from market_data import ConfigError
 from market_data.config import AppConfig, load_config
 from market_data.logs import setup_logging
 from market_data.options import RedisSinkOptions
+from market_data.shutdown import install_signal_handlers
 
 logger = logging.getLogger("flows.demo")
 
@@ -72,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     setup_logging(config.service.logging)
+    install_signal_handlers()  # Ctrl-C / SIGTERM: sources end, sinks flush, shm is unlinked
     logging.getLogger("sources.simulator.server.ws").setLevel(
         logging.WARNING
     )  # per-connection chatter
