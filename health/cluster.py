@@ -21,6 +21,7 @@ process that is gone or frozen. Nothing here imports ``prometheus_client``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import logging
@@ -126,7 +127,17 @@ def shared_dir(
     if env.get(MULTIPROC_ENV):
         return Path(env[MULTIPROC_ENV])
     digest = hashlib.sha256(";".join(topology.addresses).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"market-data-health-{digest}"
+    return Path(tempfile.gettempdir()) / f"{_DEFAULT_PREFIX}{digest}"
+
+
+_DEFAULT_PREFIX = "market-data-health-"
+
+
+def _is_default(directory: Path) -> bool:
+    """Whether ``directory`` is the derived default (which this service may remove)."""
+    return directory.parent == Path(tempfile.gettempdir()) and directory.name.startswith(
+        _DEFAULT_PREFIX
+    )
 
 
 def report_path(directory: Path, process_id: int) -> Path:
@@ -210,7 +221,12 @@ def read_reports(directory: Path, process_count: int) -> dict[int, dict[str, Any
 
 
 class ReportWriter:
-    """Rewrites this process's report every :data:`REPORT_INTERVAL_S`, in a daemon thread."""
+    """Rewrites this process's report every :data:`REPORT_INTERVAL_S`, in a daemon thread.
+
+    At a clean exit of the process it stops and removes its report and the process's sample
+    files, and the default shared directory once it is empty (a crashed process's files are
+    removed by its successor, see :func:`prepare`, and ignored meanwhile).
+    """
 
     def __init__(
         self,
@@ -230,6 +246,22 @@ class ReportWriter:
         self.write()
         self._thread = threading.Thread(target=self._run, name="health-report", daemon=True)
         self._thread.start()
+        atexit.register(self.remove)
+
+    def remove(self) -> None:
+        """Stop, then remove this process's report and sample files (at exit)."""
+        self.stop()
+        directory, pid = self.path.parent, os.getpid()
+        mine = read_report(self.path)
+        paths = list(directory.glob(f"*_{pid}.db"))
+        if mine is not None and mine.get("pid") == pid:  # not a successor's
+            paths.append(self.path)
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if _is_default(directory):
+            with contextlib.suppress(OSError):  # not empty: another process still runs
+                directory.rmdir()
 
     def stop(self) -> None:
         """Stop writing (the last report stays, and goes stale)."""

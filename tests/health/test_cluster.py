@@ -148,3 +148,25 @@ def test_reports_are_replaced_atomically_and_go_stale(tmp_path):
     assert not fresh(reports[0], time.time() + 10)
     (tmp_path / "process-1.json").write_text("{half a file")
     assert read_reports(tmp_path, 2)[1] is None
+
+
+def test_at_exit_a_process_removes_its_own_files_and_the_empty_default_dir(tmp_path):
+    import tempfile
+    import uuid
+
+    own, other = os.getpid(), 999999993
+    default = Path(tempfile.gettempdir()) / f"market-data-health-test{uuid.uuid4().hex[:8]}"
+    for directory in (tmp_path, default):
+        directory.mkdir(exist_ok=True)
+        (directory / f"counter_{own}.db").write_bytes(b"")
+        (directory / f"histogram_{other}.db").write_bytes(b"")
+        writer = ReportWriter(report_path(directory, 0), lambda: {"pid": own, "written_at": 0})
+        writer.start()
+        writer.remove()
+        assert sorted(p.name for p in directory.iterdir()) == [f"histogram_{other}.db"]
+    (default / f"histogram_{other}.db").unlink()
+    writer = ReportWriter(report_path(default, 0), lambda: {"pid": own, "written_at": 0})
+    writer.start()
+    writer.remove()
+    assert not default.exists()  # the derived default goes once empty
+    assert tmp_path.exists()  # a configured directory stays
