@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import market_data.options  # noqa: F401  (registers the built-in types)
 from market_data import ConfigError
+from market_data.redact import redact
 from market_data.registry import OPERATORS, SINKS, SOURCES, Options, Registry
 
 DEFAULT_PATH = "pipelines.yaml"
@@ -322,5 +323,5 @@ def _report(name: str, errors: list[str]) -> str:
         if ": environment variable " in e or e.split(": ", 1)[0] not in unresolved
     ]
     noun = "error" if len(unique) == 1 else "errors"
-    lines = "\n".join(f"  {name}: {e}" for e in unique)
+    lines = "\n".join(f"  {name}: {redact(e)}" for e in unique)  # values may hold passwords
     return f"{name}: {len(unique)} configuration {noun}:\n{lines}"

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from market_data.redact import redact
+
 if TYPE_CHECKING:
     from market_data.config import LoggingSettings
 
@@ -32,6 +34,18 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "ts=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s"
 
 
+class RedactingFilter(logging.Filter):
+    """Masks passwords in log messages (a Redis URL from the environment, say)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Replace the message by its redacted text when it holds a credential."""
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
 def setup_logging(settings: LoggingSettings) -> None:
     """Configure the root logger once for the process."""
     handler = logging.StreamHandler(sys.stderr)
@@ -39,6 +53,7 @@ def setup_logging(settings: LoggingSettings) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level)

@@ -150,7 +150,7 @@ def pid_alive(pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; or a pid beyond any pid_t
         return False
     except PermissionError:
         return True
