@@ -33,7 +33,7 @@ from market_data.events import (
 )
 from market_data.logs import Occurrences
 from market_data.options import OrderBookOptions
-from operators.symbol import SymbolState
+from operators.symbol import SNAPSHOT_REPLACED, SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _export_metrics(
         elif isinstance(ev, Trade):
             trades += 1
         elif isinstance(ev, BookStatus):
-            if ev.state is not BookState.SYNCED:
+            if ev.state is not BookState.SYNCED and ev.reason != SNAPSHOT_REPLACED:
                 gaps += 1
             if health is not None:
                 health.changed(ev.state, ev.reason, now)

@@ -29,6 +29,9 @@ from operators.sync import DEFAULT_MAX_BUFFER, BookSync, Outcome, Step
 
 logger = logging.getLogger(__name__)
 
+SNAPSHOT_REPLACED = "newer snapshot replaced the live book"
+"""The reason of a ``resyncing`` status that is not a sequence error."""
+
 
 class SymbolState:
     """The book of one symbol plus the id of the last trade passed on."""
@@ -68,7 +71,7 @@ class SymbolState:
                         BookStatus(
                             self.symbol,
                             BookState.RESYNCING,
-                            "newer snapshot replaced the live book",
+                            SNAPSHOT_REPLACED,
                             ev.last_update_id,
                             ev.recv_time,
                         )
