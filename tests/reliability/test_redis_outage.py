@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from typing import Any
 
 import bytewax.operators as op
 import orjson
@@ -55,7 +56,7 @@ class StreamConsumer(threading.Thread):
         conn = redis.Redis.from_url(self.url, socket_timeout=1, socket_connect_timeout=1)
         while not self.stop.is_set():
             try:
-                replies = conn.xread(self.last, block=100)  # type: ignore[arg-type]
+                replies: Any = conn.xread(self.last, block=100)  # type: ignore[arg-type]
             except (redis.RedisError, OSError):
                 self.errors += 1
                 time.sleep(0.1)
