@@ -62,7 +62,9 @@ LEVEL_CACHE_MAX = 100_000
 
 
 def _level_json(level: Level) -> bytes:
-    text = orjson.dumps([level[0] / SCALE, level[1] / SCALE])
+    # orjson returns small outputs in a 4 KiB allocation: keep an exact-size copy, or a full
+    # cache would hold ~400 MiB instead of ~6 MiB.
+    text = bytes(memoryview(orjson.dumps([level[0] / SCALE, level[1] / SCALE])))
     if len(_LEVEL_JSON) >= LEVEL_CACHE_MAX:
         _LEVEL_JSON.clear()
     _LEVEL_JSON[level] = text
