@@ -381,7 +381,7 @@ class Mutator:
     def _ring(self, data: bytes) -> bytes | None:
         rng = self.rng
         b = bytearray(data)
-        if len(b) < 128:
+        if len(b) <= 128:
             return None
         # header fields (4-byte words at 8..60), write_seq (8 bytes at 64), or a slot word
         op = rng.randrange(4)

@@ -35,7 +35,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or mapping as a key: SafeLoader refuses it just below
+                break
+            if repeated:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} given twice (lines {seen[key]} and {line})",
                     key_node.start_mark,

@@ -73,3 +73,12 @@ def test_config_errors_never_show_a_password_from_the_environment() -> None:
     )
     accepted, reason = run_config(text.encode())  # raises if the password shows
     assert not accepted and "redis://:***@127.0.0.1:6379/0" in reason
+
+
+@pytest.mark.parametrize(
+    "text", ["? [a]\n: 1\n", "{x: 1}: 2\n", "pipelines:\n  - {source: {type: x, [BTCUSDT]}}\n"]
+)
+def test_a_list_or_mapping_as_a_yaml_key_is_a_config_error(text: str) -> None:
+    """The duplicate-key check once raised TypeError on an unhashable key, not a config error."""
+    accepted, reason = run_config(text.encode())
+    assert not accepted and "unhashable key" in reason
