@@ -43,6 +43,7 @@ class Exchange:
     market: Market
     states: dict[int, Book]  # update id -> book after it
     events: list[DepthDelta]
+    own_ids: list[int]  # this symbol's update ids (the others belong to other symbols)
 
 
 @st.composite
@@ -51,6 +52,7 @@ def exchanges(draw: st.DrawFn, market: Market, n: int) -> Exchange:
     asks = {p: 1 for p in draw(st.sets(st.integers(11, 18), min_size=1, max_size=5))}
     next_id = draw(st.integers(100, 200))
     states = {next_id - 1: (dict(bids), dict(asks))}
+    own_ids = [next_id - 1]
     events: list[DepthDelta] = []
     prev = next_id - 1
     for _ in range(n):
@@ -67,6 +69,7 @@ def exchanges(draw: st.DrawFn, market: Market, n: int) -> Exchange:
                 book.pop(price, None)
             changed[side, price] = qty
             states[next_id] = (dict(bids), dict(asks))
+            own_ids.append(next_id)
             next_id += 1
         final = next_id - 1
         events.append(
@@ -82,7 +85,7 @@ def exchanges(draw: st.DrawFn, market: Market, n: int) -> Exchange:
             for skipped in range(next_id, next_id + draw(st.integers(0, 2))):
                 states[skipped] = (dict(bids), dict(asks))
                 next_id += 1
-    return Exchange(market, states, events)
+    return Exchange(market, states, events, own_ids)
 
 
 FAULTS = st.sampled_from(["ok", "ok", "ok", "drop", "duplicate", "late", "disconnect"])
@@ -225,7 +228,12 @@ def test_source_and_book_agree_under_adversarial_orderings(
 
 
 def _snapshot_id(exchange: Exchange, last: DepthDelta | None, lag: int) -> int:
-    """The id of a snapshot taken after ``last`` was published, ``lag`` updates behind."""
-    first = min(exchange.states)
-    top = last.final_update_id if last is not None else first
-    return max(first, top - lag)
+    """The id of a snapshot taken after ``last`` was published, ``lag`` of its updates behind.
+
+    A snapshot's ``lastUpdateId`` is the id of one of the symbol's own updates (on futures,
+    never one of the ids the symbol skips): in the recorded captures each one is the ``U`` or
+    the ``u`` of an event, or inside its range.
+    """
+    ids = exchange.own_ids
+    top = ids.index(last.final_update_id) if last is not None else 0
+    return ids[max(0, top - lag)]
