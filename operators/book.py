@@ -80,12 +80,12 @@ class OrderBook:
     def top_bids(self, n: int) -> tuple[Level, ...]:
         """The best ``n`` bids, highest price first."""
         levels = self._bids
-        return tuple((-k, levels[-k]) for k in self._bid_keys.islice(0, n))
+        return tuple([(-k, levels[-k]) for k in self._bid_keys[:n]])
 
     def top_asks(self, n: int) -> tuple[Level, ...]:
         """The best ``n`` asks, lowest price first."""
         levels = self._asks
-        return tuple((k, levels[k]) for k in self._ask_keys.islice(0, n))
+        return tuple([(k, levels[k]) for k in self._ask_keys[:n]])
 
     def best_bid(self) -> Level | None:
         """The highest bid, or ``None`` when there are no bids."""

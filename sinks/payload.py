@@ -57,23 +57,26 @@ def trade_dict(trade: Trade) -> dict[str, Any]:
 # Consecutive top-N views share most of their levels, so each level's JSON text is made once
 # (by orjson itself, so the bytes are exactly what orjson.dumps(book_dict(...)) gives) and
 # joined. Bounded: cleared when full; single dict operations are safe across worker threads.
-_LEVEL_JSON: dict[Level, bytes] = {}
 LEVEL_CACHE_MAX = 100_000
 
 
-def _level_json(level: Level) -> bytes:
-    # orjson returns small outputs in a 4 KiB allocation: keep an exact-size copy, or a full
-    # cache would hold ~400 MiB instead of ~6 MiB.
-    text = bytes(memoryview(orjson.dumps([level[0] / SCALE, level[1] / SCALE])))
-    if len(_LEVEL_JSON) >= LEVEL_CACHE_MAX:
-        _LEVEL_JSON.clear()
-    _LEVEL_JSON[level] = text
-    return text
+class _LevelJson(dict[Level, bytes]):
+    def __missing__(self, level: Level) -> bytes:
+        # orjson returns small outputs in a 4 KiB allocation: keep an exact-size copy, or a full
+        # cache would hold ~400 MiB instead of ~6 MiB.
+        text = bytes(memoryview(orjson.dumps([level[0] / SCALE, level[1] / SCALE])))
+        if len(self) >= LEVEL_CACHE_MAX:
+            self.clear()
+        self[level] = text
+        return text
+
+
+_LEVEL_JSON = _LevelJson()
 
 
 def _side_json(levels: tuple[Level, ...]) -> bytes:
     cache = _LEVEL_JSON
-    return b",".join([cache.get(lv) or _level_json(lv) for lv in levels])
+    return b",".join([cache[lv] for lv in levels])
 
 
 def encode_book(update: BookUpdate) -> bytes:

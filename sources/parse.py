@@ -85,37 +85,43 @@ def to_units(text: str) -> int:
 
 
 # Binance repeats the same price and quantity strings constantly (levels near the touch, round
-# lots); remembering their exact value makes most conversions one dict lookup. Bounded: cleared
-# when full. Safe across worker threads (single dict operations under the GIL).
-_UNITS_CACHE: dict[str, int] = {}
+# lots); remembering their exact value makes most conversions one C-level dict lookup, and a miss
+# converts through __missing__. Bounded: cleared when full. Safe across worker threads (single
+# dict operations under the GIL).
 UNITS_CACHE_MAX = 200_000
 
 
-def _cached_units(text: Any) -> int:
-    value = to_units(text)
-    if len(_UNITS_CACHE) >= UNITS_CACHE_MAX:
-        _UNITS_CACHE.clear()
-    _UNITS_CACHE[text] = value
-    return value
+class _UnitsCache(dict[str, int]):
+    def __missing__(self, text: str) -> int:
+        value = to_units(text)  # raises ParseError for anything but a plain decimal string
+        if len(self) >= UNITS_CACHE_MAX:
+            self.clear()
+        self[text] = value
+        return value
+
+
+_UNITS_CACHE = _UnitsCache()
 
 
 def _levels(raw: Any, side: str) -> tuple[Level, ...]:
     if type(raw) is not list:
         raise ParseError(f"{side} must be a list of [price, quantity]; got {type(raw).__name__}")
-    cache = _UNITS_CACHE
-    out = []
+    units = _UNITS_CACHE
+    try:
+        return tuple([(units[p], units[q]) for p, q in raw])
+    except (TypeError, ValueError):
+        pass  # not all [price, quantity] pairs of strings: say which one below
     for entry in raw:
         if type(entry) is not list or len(entry) < 2:
             raise ParseError(f"{side} level must be [price, quantity]; got {entry!r}")
-        price, qty = entry[0], entry[1]
-        p = cache.get(price) if type(price) is str else None
-        if p is None:
-            p = _cached_units(price)
-        q = cache.get(qty) if type(qty) is str else None
-        if q is None:
-            q = _cached_units(qty)
-        out.append((p, q))
-    return tuple(out)
+    # Longer entries (Binance sends none) keep their first two values.
+    return tuple((units[_text(e[0])], units[_text(e[1])]) for e in raw)
+
+
+def _text(value: Any) -> str:
+    if type(value) is not str:
+        raise ParseError(f"expected a decimal string; got {value!r}")
+    return value
 
 
 def _int(data: dict[str, Any], key: str) -> int:
