@@ -107,10 +107,14 @@ class Loop:
             self.requested_at = tick
 
     def frame(self, ev: DepthDelta, tick: int) -> None:
-        if self.tracker.on_delta(ev.first_update_id, ev.final_update_id, ev.prev_final_update_id):
+        ids = (ev.first_update_id, ev.final_update_id, ev.prev_final_update_id)
+        asked = self.tracker.on_delta(*ids)
+        if asked:
             self.request(tick)
         self.sync.on_delta(ev)
         self.ref.delta(_ref_event(ev))
+        # The source asks for a snapshot only when the book needs one (no wasted resync).
+        assert not (asked and self.sync.synced), f"a snapshot asked for at {ids}; book is live"
         self.check()
 
     def snapshot(self, lid: int, tick: int) -> None:
