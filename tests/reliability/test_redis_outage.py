@@ -33,7 +33,7 @@ from sources.simulator.server import Simulator
 from tests.redis_server import RedisServer
 
 SYMBOLS = ["OUTAUSDT", "OUTBUSDT", "OUTCUSDT"]
-RUN_S = 11.0
+RUN_S = 12.0
 KILL_AT_S, DOWN_FOR_S = 3.0, 2.5
 
 
@@ -126,7 +126,12 @@ def test_redis_killed_mid_run_consumers_catch_up_and_metrics_show_it() -> None:
         started = time.monotonic()
         runner.start()
 
-        time.sleep(KILL_AT_S)
+        # Kill it once the sink has been publishing for a while (a slow start must not make
+        # the outage come first).
+        deadline = started + RUN_S - DOWN_FOR_S - 3
+        while not subscriber.received or time.monotonic() - started < KILL_AT_S:
+            assert time.monotonic() < deadline, "nothing was published before the outage"
+            time.sleep(0.05)
         server.kill()
         killed_at = time.monotonic()
         depth_during = 0.0
