@@ -132,6 +132,30 @@ def jsonl_lines(pattern: str) -> list[dict[str, Any]]:
     return out
 
 
+class JsonlTail:
+    """Reads only what a jsonl sink file gained since the last call.
+
+    Polling a growing file by re-parsing all of it holds the GIL long enough to starve the
+    in-process simulator (slow snapshots, timeouts); this keeps each poll small.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.offset = 0
+
+    def new_lines(self) -> list[dict[str, Any]]:
+        """The complete lines written since the previous call."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1  # complete lines only
+        self.offset += end
+        return [orjson.loads(line) for line in data[:end].split(b"\n") if line]
+
+
 def channel_items(lines: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
     """The payloads of one kind (``orderbook``, ``trades``, ``status``), in file order."""
     return [line["data"] for line in lines if line["channel"].startswith(prefix + ":")]
