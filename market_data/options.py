@@ -63,6 +63,9 @@ class BinanceOptions(Options):
     max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = 1024
     snapshot_weight_budget: PositiveInt = 1200  # REST weight per window, per process
     snapshot_window_s: Annotated[float, Field(gt=0)] = 60.0
+    # The exchange's request-weight limit per IP and window (Binance: 2400 futures, 6000 spot);
+    # requests wait for the next window only when the server's used-weight header says so.
+    exchange_weight_limit: PositiveInt | None = None
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
     poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
     run_for_s: Annotated[float, Field(gt=0)] | None = None  # end the flow after this (soak, demos)

@@ -78,7 +78,10 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             max(options.max_reconnect_delay_ms, options.reconnect_delay_ms),
         )
         budget, lock = shared_budget(
-            options.rest_url, options.snapshot_weight_budget, options.snapshot_window_s
+            options.rest_url,
+            options.snapshot_weight_budget,
+            options.snapshot_window_s,
+            options.exchange_weight_limit or (2400 if market is Market.FUTURES else 6000),
         )
         self.fetcher = SnapshotFetcher(
             options.rest_url,

@@ -104,11 +104,14 @@ class WeightBudget:
     ``X-MBX-USED-WEIGHT-1M`` header, when over budget, blocks until the window has moved on.
     """
 
-    def __init__(self, budget: int, window_s: float = 60.0) -> None:
+    def __init__(self, budget: int, window_s: float = 60.0, ip_limit: int | None = None) -> None:
         if budget <= 0 or window_s <= 0:
             raise ValueError(f"budget and window must be positive; got {budget}, {window_s}")
         self.budget = budget
         self.window_s = window_s
+        # The exchange's own limit for the whole IP (other processes and programs included),
+        # which the server's used-weight header is measured against.
+        self.ip_limit = ip_limit if ip_limit is not None else max(budget, 2400)
         self._spent: deque[tuple[float, int]] = deque()  # (time, weight)
         self._blocked_until = 0.0
 
@@ -138,7 +141,12 @@ class WeightBudget:
         """The server said to wait ``seconds`` (``Retry-After``) before any request."""
         self._blocked_until = max(self._blocked_until, now + seconds)
 
-    def observe_used(self, used: int, now: float) -> None:
-        """The server reports ``used`` weight this minute; past the budget, wait for the next."""
-        if used >= self.budget:
+    def observe_used(self, used: int, now: float, next_weight: int = 0) -> None:
+        """The server reports ``used`` weight this minute for the whole IP.
+
+        Only when the next request would pass the exchange's IP limit is every request held
+        until the window moves on: other programs on the same IP may use weight too, but our own
+        budget is about our pacing, not a reason to stop while the exchange still has room.
+        """
+        if used + next_weight > self.ip_limit:
             self.block(self.window_s - (now % self.window_s), now)

@@ -27,18 +27,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_RETRY_AFTER_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 
-_budgets: dict[tuple[str, int, float], WeightBudget] = {}
+_budgets: dict[tuple[str, int, float, int | None], WeightBudget] = {}
 _budgets_lock = threading.Lock()
 
 
 def shared_budget(
-    rest_url: str, budget: int, window_s: float
+    rest_url: str, budget: int, window_s: float, ip_limit: int | None = None
 ) -> tuple[WeightBudget, threading.Lock]:
     """One budget per REST endpoint in this process, shared by every partition (and its lock)."""
     with _budgets_lock:
-        key = (rest_url, budget, window_s)
+        key = (rest_url, budget, window_s, ip_limit)
         if key not in _budgets:
-            _budgets[key] = WeightBudget(budget, window_s)
+            _budgets[key] = WeightBudget(budget, window_s, ip_limit)
         return _budgets[key], _budgets_lock
 
 
@@ -170,7 +170,7 @@ class SnapshotFetcher:
         self._record(url, status, body)
         if used is not None and used.isdigit():
             with self._budget_lock:
-                self._budget.observe_used(int(used), time.monotonic())
+                self._budget.observe_used(int(used), time.monotonic(), self.weight)
         event = parse_snapshot(symbol, body, time.time(), time.perf_counter_ns())
         if isinstance(event, FrameError):
             self._fail(symbol, event.reason)
