@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from market_data.events import Market, OutputEvent, SourceEvent
@@ -24,12 +25,12 @@ def recorded_events(path: Path) -> list[SourceEvent]:
     return [events_of(rec, 0) for rec in read_records(path) if isinstance(rec, Record)]
 
 
-def run_books(
-    events: list[SourceEvent], market: Market, workers: int = 1, depth: int = 10
+def run_source(
+    source: Source[SourceEvent], market: Market, workers: int = 1, depth: int = 10
 ) -> list[OutputEvent]:
-    """Run events through the order-book operator with bytewax's testing harness."""
+    """Run ``source`` through the order-book operator with bytewax's testing harness."""
     flow = Dataflow("test_books")
-    src: Stream[SourceEvent] = op.input("inp", flow, TestingSource(events, batch_size=50))
+    src: Stream[SourceEvent] = op.input("inp", flow, source)
     out_stream = apply("order_book", src, OrderBookOptions(depth=depth), market)
     out: list[OutputEvent] = []
     op.output("out", out_stream, TestingSink(out))
@@ -38,3 +39,10 @@ def run_books(
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return out
+
+
+def run_books(
+    events: list[SourceEvent], market: Market, workers: int = 1, depth: int = 10
+) -> list[OutputEvent]:
+    """Run recorded events through the order-book operator (one and several workers)."""
+    return run_source(TestingSource(events, batch_size=50), market, workers, depth)

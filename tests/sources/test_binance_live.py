@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-import bytewax.operators as op
 import pytest
-from bytewax.dataflow import Dataflow, Stream
-from bytewax.testing import TestingSink, cluster_main, run_main
 
 from market_data.events import (
     BookState,
@@ -15,15 +12,14 @@ from market_data.events import (
     BookUpdate,
     Market,
     OutputEvent,
-    SourceEvent,
     Trade,
 )
-from market_data.options import BinanceFuturesOptions, OrderBookOptions
-from operators.orderbook import apply
+from market_data.options import BinanceFuturesOptions
 from sources.binance import BinanceSource
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.faults import FaultConfig
 from sources.simulator.server import Simulator
+from tests.flows.helpers import run_source
 
 DEPTH = 10
 
@@ -40,16 +36,7 @@ def run_live(
         run_for_s=seconds,
         **opts,
     )
-    flow = Dataflow("live_test")
-    src: Stream[SourceEvent] = op.input("binance", flow, BinanceSource(options, Market.FUTURES))
-    books = apply("order_book", src, OrderBookOptions(depth=DEPTH), Market.FUTURES)
-    out: list[OutputEvent] = []
-    op.output("out", books, TestingSink(out))
-    if workers == 1:
-        run_main(flow)
-    else:
-        cluster_main(flow, [], 0, worker_count_per_proc=workers)
-    return out
+    return run_source(BinanceSource(options, Market.FUTURES), Market.FUTURES, workers, DEPTH)
 
 
 def assert_books_match(sim: Simulator, out: list[OutputEvent]) -> dict[str, int]:
