@@ -48,7 +48,6 @@ from market_data.events import (
 from market_data.options import BinanceFuturesOptions, OrderBookOptions
 from market_data.shutdown import reset as reset_shutdown
 from operators.orderbook import apply
-from sinks import payload
 from sinks.shm import ShmSink
 from sources.binance import BinanceSource
 from sources.simulator.config import SimulatorConfig
@@ -251,7 +250,6 @@ class SoakReport:
     fds_warm: int = 0
     fds_end: int = 0
     fds_after: int = 0
-    level_cache_entries: int = 0  # sinks.payload's per-level JSON cache (bounded, ~160 B each)
     sim_counts: dict[str, int] = field(default_factory=dict)
 
     def ok(self) -> bool:
@@ -352,7 +350,6 @@ def run_soak(
     report.rss_kib_warm, report.fds_warm = after_warm[0][1], after_warm[0][2]
     report.rss_kib_end, report.fds_end = samples[-1][1], samples[-1][2]
     report.rss_kib_mid = min(samples, key=lambda s: abs(s[0] - seconds / 2))[1]
-    report.level_cache_entries = len(payload._LEVEL_JSON)
 
     report.books_checked = checker.books_checked
     report.books_wrong = checker.books_wrong
@@ -399,8 +396,7 @@ def format_report(r: SoakReport) -> str:
         f"never received {r.trades_not_received} (pushed while a connection was down)",
         f"  RSS MiB             start {r.rss_kib_start / mib:.1f}, after warm-up "
         f"{r.rss_kib_warm / mib:.1f}, half-way {r.rss_kib_mid / mib:.1f}, "
-        f"end {r.rss_kib_end / mib:.1f}, after the flow {r.rss_kib_after / mib:.1f} "
-        f"(level-JSON cache: {r.level_cache_entries} entries of at most 100,000)",
+        f"end {r.rss_kib_end / mib:.1f}, after the flow {r.rss_kib_after / mib:.1f}",
         f"  open descriptors    start {r.fds_start}, after warm-up {r.fds_warm}, "
         f"end {r.fds_end}, after the flow {r.fds_after}",
         f"  result              {'OK' if r.ok() else 'FAILED'}",

@@ -2,8 +2,14 @@
 
 Pure: no I/O, no bytewax. Prices and quantities are integer units (see :mod:`market_data.events`);
 each side is a dict ``price -> quantity`` plus a ``SortedList`` of its prices, which measured about
-twice as fast as ``SortedDict`` for Binance-sized updates. Bid prices are kept negated in their
-sorted list so that index 0 is the best level on both sides.
+twice as fast as ``SortedDict`` for Binance-sized updates. Both lists are ascending, so the best bid
+is the last element and the best ask the first.
+
+The top-N view reads the ``SortedList``'s first (asks) or last (bids) internal sublist directly
+when it holds N prices (it holds up to ~1,000, so nearly always): a slice of a plain list instead
+of ``SortedList.__getitem__``'s position arithmetic, which was most of the view's cost. This relies
+on ``SortedList._lists`` (sortedcontainers 2.x, pinned in ``pyproject.toml``); the general path is
+used otherwise, and the tests compare both with a reference on random books.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ class OrderBook:
         self.max_levels = max_levels
         self._bids: dict[int, int] = {}
         self._asks: dict[int, int] = {}
-        self._bid_keys: SortedList = SortedList()  # negated prices
+        self._bid_keys: SortedList = SortedList()
         self._ask_keys: SortedList = SortedList()
         self.pruned = 0  # levels dropped for being beyond max_levels, over the book's life
 
@@ -44,7 +50,7 @@ class OrderBook:
         """Replace the whole book by a snapshot (levels of quantity 0 are skipped)."""
         self._bids = {p: q for p, q in bids if q}
         self._asks = {p: q for p, q in asks if q}
-        self._bid_keys = SortedList(-p for p in self._bids)
+        self._bid_keys = SortedList(self._bids)
         self._ask_keys = SortedList(self._asks)
         self._prune()
 
@@ -54,10 +60,10 @@ class OrderBook:
         for price, qty in bids:
             if qty:
                 if price not in levels:
-                    keys.add(-price)
+                    keys.add(price)
                 levels[price] = qty
             elif levels.pop(price, None) is not None:
-                keys.remove(-price)
+                keys.remove(price)
         levels, keys = self._asks, self._ask_keys
         for price, qty in asks:
             if qty:
@@ -71,7 +77,7 @@ class OrderBook:
 
     def _prune(self) -> None:
         while len(self._bid_keys) > self.max_levels:
-            del self._bids[-self._bid_keys.pop()]
+            del self._bids[self._bid_keys.pop(0)]
             self.pruned += 1
         while len(self._ask_keys) > self.max_levels:
             del self._asks[self._ask_keys.pop()]
@@ -79,17 +85,25 @@ class OrderBook:
 
     def top_bids(self, n: int) -> tuple[Level, ...]:
         """The best ``n`` bids, highest price first."""
-        levels = self._bids
-        return tuple([(-k, levels[-k]) for k in self._bid_keys[:n]])
+        levels, keys = self._bids, self._bid_keys
+        lists = keys._lists
+        if lists and len(lists[-1]) >= n:
+            head = lists[-1][-n:]  # the n highest prices, ascending
+        else:
+            head = list(keys.islice(max(len(keys) - n, 0)))
+        head.reverse()
+        return tuple([(p, levels[p]) for p in head])
 
     def top_asks(self, n: int) -> tuple[Level, ...]:
         """The best ``n`` asks, lowest price first."""
-        levels = self._asks
-        return tuple([(k, levels[k]) for k in self._ask_keys[:n]])
+        levels, keys = self._asks, self._ask_keys
+        lists = keys._lists
+        head = lists[0][:n] if lists and len(lists[0]) >= n else keys[:n]
+        return tuple([(p, levels[p]) for p in head])
 
     def best_bid(self) -> Level | None:
         """The highest bid, or ``None`` when there are no bids."""
-        return (-self._bid_keys[0], self._bids[-self._bid_keys[0]]) if self._bid_keys else None
+        return (self._bid_keys[-1], self._bids[self._bid_keys[-1]]) if self._bid_keys else None
 
     def best_ask(self) -> Level | None:
         """The lowest ask, or ``None`` when there are no asks."""
@@ -97,7 +111,8 @@ class OrderBook:
 
     def is_crossed(self) -> bool:
         """True when the best bid is at or above the best ask (impossible on a correct book)."""
-        return bool(self._bid_keys and self._ask_keys) and -self._bid_keys[0] >= self._ask_keys[0]
+        bids, asks = self._bid_keys._lists, self._ask_keys._lists  # no sublist is ever empty
+        return bool(bids and asks) and bids[-1][-1] >= asks[0][0]
 
     def depth(self) -> tuple[int, int]:
         """Number of bid and ask levels."""

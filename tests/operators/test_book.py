@@ -75,6 +75,23 @@ def test_apply_matches_dict_reference(deltas: list) -> None:
 
 
 @settings(max_examples=150, deadline=None)
+@given(deltas=DELTAS)
+def test_top_levels_are_right_when_prices_span_many_sorted_sublists(deltas: list) -> None:
+    # top_bids/top_asks slice the SortedList's edge sublist when it holds n prices. Real books
+    # fit in one or two sublists of ~1,000; a load factor of 4 makes every book span many short
+    # sublists, so both that path and the general one are compared with the reference.
+    book, ref = OrderBook(), NaiveBook(10**9)
+    book._bid_keys._reset(4)
+    book._ask_keys._reset(4)
+    book.apply([(p, 1) for p in range(1, 31, 2)], [(p, 1) for p in range(2, 31, 2)])
+    ref.apply([(p, 1) for p in range(1, 31, 2)], [(p, 1) for p in range(2, 31, 2)])
+    for bids, asks in deltas:
+        book.apply(bids, asks)
+        ref.apply(bids, asks)
+        assert_same(book, ref)
+
+
+@settings(max_examples=150, deadline=None)
 @given(snap=st.tuples(LEVELS, LEVELS), deltas=DELTAS, max_levels=st.integers(1, 6))
 def test_replace_then_apply_with_pruning(snap: tuple, deltas: list, max_levels: int) -> None:
     book, ref = OrderBook(max_levels), NaiveBook(max_levels)

@@ -72,23 +72,3 @@ def test_deltas_buffered_without_a_snapshot_are_bounded() -> None:
 
 def test_market_is_futures_by_default() -> None:
     assert SymbolState("FARUSDT", depth=1).sync.market is Market.FUTURES
-
-
-def test_cached_level_texts_take_their_size_not_orjsons_4_kib_buffer() -> None:
-    """The per-level JSON cache once kept orjson's 4 KiB buffers: ~400 MiB when full."""
-    from market_data.events import BookUpdate
-    from sinks import payload
-
-    payload._LEVEL_JSON.clear()
-    tracemalloc.start()
-    try:
-        before, _ = tracemalloc.get_traced_memory()
-        for i in range(10_000):
-            update = BookUpdate("FARUSDT", ((MID - i, i + 1),), ((MID + i + 1, i + 1),), i, i, 0.0)
-            payload.encode_book(update)
-        grown, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-        payload._LEVEL_JSON.clear()
-    per_level = (grown - before) / 20_000
-    assert per_level < 512, f"{per_level:.0f} bytes per cached level"

@@ -1,4 +1,4 @@
-"""The published payloads: exact contract, exact numbers, and the cached encoder."""
+"""The published payloads: exact contract, exact numbers, on real books too."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from market_data.events import BookUpdate, Market, Trade
-from sinks import payload
 from sinks.payload import book_dict, encode_book, encode_trade
 from sources.parse import to_units
 from tests.flows.helpers import FUTURES, SPOT, recorded_events, run_books
@@ -52,10 +51,8 @@ def test_numbers_are_the_nearest_double_to_the_exchange_string(levels):
     assert encode_book(update) == orjson.dumps(book_dict(update))
 
 
-def test_cached_encoder_matches_orjson_on_real_books_and_when_the_cache_overflows(monkeypatch):
-    monkeypatch.setattr(payload, "LEVEL_CACHE_MAX", 50)  # exercise clearing too
+def test_encoder_matches_the_dict_payload_on_real_books():
     for path, market in ((FUTURES, Market.FUTURES), (SPOT, Market.SPOT)):
         for ev in run_books(recorded_events(path), market, depth=20):
             if isinstance(ev, BookUpdate):
                 assert encode_book(ev) == orjson.dumps(book_dict(ev))
-    assert len(payload._LEVEL_JSON) <= 50
