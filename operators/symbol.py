@@ -29,6 +29,8 @@ from operators.sync import DEFAULT_MAX_BUFFER, BookSync, Outcome, Step
 
 logger = logging.getLogger(__name__)
 
+_APPLIED = Outcome.APPLIED.value
+
 SNAPSHOT_REPLACED = "newer snapshot replaced the live book"
 """The reason of a ``resyncing`` status that is not a sequence error."""
 
@@ -58,7 +60,12 @@ class SymbolState:
         out: list[OutputEvent] = []
         for ev in events:
             if type(ev) is DepthDelta:
-                self._on_steps((self.sync.on_delta(ev),), ev.recv_time, out)
+                step = self.sync.on_delta(ev)
+                if step.outcome is Outcome.APPLIED:  # the common case, kept short
+                    self.counts[_APPLIED] += 1
+                    out.append(self.view())
+                else:
+                    self._on_steps((step,), ev.recv_time, out)
             elif type(ev) is Trade:
                 self._on_trade(ev, out)
             elif type(ev) is DepthSnapshot:

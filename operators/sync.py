@@ -15,8 +15,8 @@ Events whose ``u`` is at or below the last applied ``u`` describe a state the bo
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from market_data.events import BookState, DepthDelta, DepthSnapshot, Market
 from operators.book import DEFAULT_MAX_LEVELS, OrderBook
@@ -39,8 +39,7 @@ class Outcome(StrEnum):
     BUFFER_OVERFLOW = "buffer_overflow"  # oldest buffered delta dropped
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """One outcome, the update id it concerns, and a reason for the ones that need one."""
 
     outcome: Outcome
