@@ -1,15 +1,21 @@
 """Command line: ``python -m sources.simulator --symbols BTCUSDT,ETHUSDT --port 0 --rate 100``.
 
 Prints the WebSocket and REST base URLs it listens on (and a few ready-made URLs), then serves
-until Ctrl-C.
+until Ctrl-C or SIGTERM. For load tests, ``--frame-per-update --tick-ms 1 --rate 10000`` pushes
+10,000 depth frames a second per symbol, and ``--stats-every 1`` prints a JSON line a second:
+``{"t": <unix s>, "frames_sent": n, "depth_frames_queued": n, "backlog": n}`` (cumulative counts;
+``backlog`` is the longest client queue).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 from market_data import ConfigError
@@ -59,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--legacy-delivers", action="store_true", help="deliver futures streams on /ws and /stream"
     )
+    p.add_argument("--tick-ms", type=int, default=50, help="generation step; must divide 100")
+    p.add_argument(
+        "--frame-per-update",
+        action="store_true",
+        help="load tests: every update is its own depth frame, sent at once (rate = frames/s)",
+    )
+    p.add_argument(
+        "--max-backlog",
+        type=int,
+        default=None,
+        help="load tests: pause generation while a client has more frames queued than this",
+    )
+    p.add_argument(
+        "--stats-every", type=float, default=0.0, help="print traffic as JSON every S seconds"
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -82,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             pong_timeout_s=args.pong_timeout,
             max_lifetime_s=args.max_lifetime,
             legacy_delivers=args.legacy_delivers,
+            tick_ms=args.tick_ms,
+            depth_frame_per_update=args.frame_per_update,
+            max_backlog=args.max_backlog,
             faults=faults,
         )
         sim = Simulator(config).start()
@@ -89,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    stopping = threading.Event()
+
     def _stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
         sim.stop()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -103,10 +130,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"e.g. {sim.stream_url([f'{first}@depth@100ms', f'{first}@aggTrade'], route='')}")
     print(f"     {sim.depth_url(config.symbols[0])}", flush=True)
     try:
+        if args.stats_every > 0:
+            _print_stats(sim)
+            while not stopping.wait(args.stats_every):
+                _print_stats(sim)
         sim.wait()
     except KeyboardInterrupt:
         sim.stop()
+    if args.stats_every > 0:
+        _print_stats(sim)  # the totals
     return 0
+
+
+def _print_stats(sim: Simulator) -> None:
+    print(json.dumps({"t": round(time.time(), 3), **sim.traffic()}), flush=True)
 
 
 if __name__ == "__main__":

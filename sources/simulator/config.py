@@ -39,6 +39,14 @@ class SimulatorConfig:
     """Chance that an update carries a taker trade."""
     tick_ms: int = 50
     """Generation step; every push interval (100, 250, 500, 1000 ms) must be a multiple of it."""
+    depth_frame_per_update: bool = False
+    """Push every update at once as its own depth frame (on each depth stream) instead of
+    merging a stream's updates over its 100/250/500 ms interval as Binance does: a load-test
+    mode in which ``rate`` is depth frames per second."""
+    max_backlog: int | None = None
+    """Load tests: while a client has more than this many frames queued, ticks generate
+    nothing, so the pace follows the slowest client. ``None``: as Binance, a client that falls
+    :data:`~sources.simulator.server.MAX_QUEUED_FRAMES` behind is dropped."""
     history_updates: int = 100_000
     """Updates per symbol that :meth:`Simulator.book_at` can go back to."""
     ping_interval_s: float | None = None
@@ -72,6 +80,8 @@ class SimulatorConfig:
                 errors.append(f"rates.{sym}: must be positive; got {rate}")
         if self.tick_ms <= 0 or 100 % self.tick_ms:
             errors.append(f"tick_ms: must divide 100; got {self.tick_ms}")
+        if self.max_backlog is not None and self.max_backlog < 1:
+            errors.append(f"max_backlog: must be at least 1; got {self.max_backlog}")
         if not 0 <= self.trade_probability <= 1:
             errors.append(f"trade_probability: must be in [0, 1]; got {self.trade_probability}")
         if errors:

@@ -133,7 +133,7 @@ class Exchange:
             elapsed = self._ticks * self.config.tick_ms
             frames: list[Frame] = []
             for symbol, st in self._symbols.items():
-                self._generate(st, now_ms)
+                self._generate(symbol, st, now_ms, frames)
                 frames.extend(self._book_ticker(symbol, st, now_ms))
                 for speed, batch in st.batches.items():
                     if elapsed % speed == 0 and batch.first is not None:
@@ -148,18 +148,29 @@ class Exchange:
                             frames.append(self._mark_price(symbol, st, speed, now_ms))
             return frames
 
-    def _generate(self, st: _Symbol, now_ms: int) -> None:
+    def _generate(self, symbol: str, st: _Symbol, now_ms: int, frames: list[Frame]) -> None:
         st.carry += st.rate_per_tick
         count = int(st.carry)
         st.carry -= count
+        per_update = self.config.depth_frame_per_update
         for _ in range(count):
             upd = st.model.next_update(now_ms)
             st.history.record(upd)
             for batch in st.batches.values():
                 batch.add(upd)
             st.pending_fills.extend(upd.fills)
+            if per_update:
+                self._flush_depth(symbol, st, now_ms, frames)
         if count:
             st.last_time_ms = now_ms
+
+    def _flush_depth(self, symbol: str, st: _Symbol, now_ms: int, frames: list[Frame]) -> None:
+        """Every depth stream's pending update as a frame now (the same update: encoded once)."""
+        data = ""
+        for speed, batch in st.batches.items():
+            data = data or self._depth_frame(symbol, st, speed, batch, now_ms).data
+            frames.append(Frame(depth_stream(symbol, speed, self.market), symbol, data, depth=True))
+            st.batches[speed] = _DepthBatch(batch.last)
 
     def _levels(self, symbol: str, levels: dict[int, int], reverse: bool) -> list[list[str]]:
         pd, qd = self._price_dec[symbol], self._qty_dec[symbol]

@@ -88,6 +88,7 @@ class _Conn:
         self.rng = rng
         self.rate = MessageRate(limit)
         self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.sent = 0  # frames handed to the socket
 
     def send(self, text: str) -> None:
         if self.queue.qsize() >= MAX_QUEUED_FRAMES:
@@ -115,6 +116,7 @@ class _Conn:
                     await self.ws.close(item.code, item.reason)
                     return
                 await self.ws.send(item)  # type: ignore[arg-type]
+                self.sent += 1
         except ConnectionClosed:
             pass
 
@@ -139,6 +141,8 @@ class Simulator:
         self._subs: dict[str, set[_Conn]] = {}
         self._conns: set[_Conn] = set()
         self._conn_serial = 0
+        self._sent_by_closed = 0  # frames sent on connections that are gone
+        self._depth_queued = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -223,6 +227,15 @@ class Simulator:
         """How often each fault and each limit happened (``gap``, ``rest_429``, ...)."""
         return dict(self._counts)
 
+    def traffic(self) -> dict[str, int]:
+        """Frames sent to clients so far, depth frames queued for them, the longest queue now."""
+        conns = list(self._conns)
+        return {
+            "frames_sent": self._sent_by_closed + sum(c.sent for c in conns),
+            "depth_frames_queued": self._depth_queued,
+            "backlog": max((c.queue.qsize() for c in conns), default=0),
+        }
+
     def connection_count(self) -> int:
         """Open WebSocket connections."""
         return len(self._conns)
@@ -303,14 +316,21 @@ class Simulator:
     async def _tick_loop(self) -> None:
         loop = asyncio.get_running_loop()
         step = self.config.tick_ms / 1000
+        max_backlog = self.config.max_backlog
         due = loop.time()
         while True:
             due += step
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            elif delay < -1.0:  # far behind (a paused process): carry on, do not burst
-                due = loop.time()
+            else:
+                if delay < -1.0:  # far behind (a paused process): carry on, do not burst
+                    due = loop.time()
+                await asyncio.sleep(0)  # behind: the writers and REST still get their turn
+            if max_backlog is not None and any(
+                c.queue.qsize() > max_backlog for c in self._conns
+            ):
+                continue  # a load test's client is behind: skip this tick's updates
             frames = self._exchange.tick(int(self._clock() * 1000))
             self._dispatch(frames)
 
@@ -323,6 +343,8 @@ class Simulator:
             if not subs:
                 continue
             enveloped = None
+            if frame.depth:
+                self._depth_queued += len(subs)
             for conn in list(subs):
                 if conn.combined:
                     enveloped = enveloped or frame.enveloped()
@@ -411,7 +433,9 @@ class Simulator:
             subs = self._subs.get(name)
             if subs is not None:
                 subs.discard(conn)
-        self._conns.discard(conn)
+        if conn in self._conns:
+            self._conns.discard(conn)
+            self._sent_by_closed += conn.sent
 
     def _subscribe(self, conn: _Conn, name: str) -> None:
         if name in conn.subscriptions:

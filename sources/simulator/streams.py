@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cache
 from urllib.parse import parse_qs, urlsplit
 
 from market_data.events import Market
@@ -66,6 +67,7 @@ def depth_speeds(market: Market) -> dict[str, int]:
     return FUTURES_DEPTH_SPEEDS if market is Market.FUTURES else SPOT_DEPTH_SPEEDS
 
 
+@cache  # on the load-test path: a name per update
 def depth_stream(symbol: str, speed_ms: int, market: Market) -> str:
     """The stream name of ``symbol``'s diff. depth at ``speed_ms``."""
     suffix = next(k for k, v in depth_speeds(market).items() if v == speed_ms)

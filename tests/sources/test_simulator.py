@@ -403,6 +403,24 @@ def test_snapshot_plus_deltas_reproduce_the_simulator_book_futures(sim: Any) -> 
     assert levels_in_units(asks)[:800] == expect.asks[:800]
 
 
+def test_frame_per_update_mode_sends_each_update_as_a_chained_frame() -> None:
+    config = SimulatorConfig(
+        symbols=("BTCUSDT",), rate=2000, tick_ms=5, depth_frame_per_update=True
+    )
+    with Simulator(config) as s:
+        ws = connect(s.stream_url(["btcusdt@depth@100ms"]))
+        book = sync_and_check(s, "BTCUSDT", ws, FUTURES, 0.5)
+        frames = [json.loads(t)["data"] for t in collect(ws, 0.3)]
+        ws.close()
+        traffic = s.traffic()
+    assert book.applied >= 100, "about 2,000 frames a second, not 10"
+    assert all(d["U"] == d["u"] for d in frames), "one update per frame"
+    for prev, cur in itertools.pairwise(frames):
+        assert cur["pu"] == prev["u"]
+    assert traffic["frames_sent"] >= book.applied + len(frames)
+    assert traffic["depth_frames_queued"] >= traffic["frames_sent"]
+
+
 def test_rest_depth_shape_weight_and_errors(sim: Any) -> None:
     status, headers, body = get(sim.depth_url("ETHUSDT", 5))
     assert status == 200
@@ -615,9 +633,10 @@ def test_server_pings_and_drops_clients_that_do_not_pong() -> None:
 
 def test_config_errors_are_listed_together() -> None:
     with pytest.raises(ConfigError) as err:
-        SimulatorConfig(symbols=(), rate=0, tick_ms=30, rates={"ETHUSDT": 5})
+        SimulatorConfig(symbols=(), rate=0, tick_ms=30, rates={"ETHUSDT": 5}, max_backlog=0)
     text = str(err.value)
     assert "symbols" in text and "rate:" in text and "tick_ms" in text and "ETHUSDT" in text
+    assert "max_backlog" in text
 
 
 # -- CLI --------------------------------------------------------------------------------------
@@ -655,6 +674,30 @@ def test_cli_prints_urls_and_stops_on_ctrl_c() -> None:
         ws.close()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_cli_load_test_options_print_traffic_until_sigterm() -> None:
+    argv = ["--rate", "1000", "--tick-ms", "5", "--frame-per-update", "--stats-every", "0.2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sources.simulator", *argv, "--log-level", "WARNING"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        ws_url = proc.stdout.readline().split()[1]
+        ws = connect(f"{ws_url}/public/ws/btcusdt@depth@100ms")
+        got = len(collect(ws, 0.5))
+        ws.close()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+        stats = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        assert len(stats) >= 2 and stats[-1]["frames_sent"] >= got > 100
+        assert [s["t"] for s in stats] == sorted(s["t"] for s in stats)
     finally:
         proc.kill()
         proc.wait()
