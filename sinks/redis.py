@@ -11,7 +11,10 @@ In mode ``both`` a stream key and a channel share one name on purpose: pub/sub c
 keys (``PUBLISH`` never touches the keyspace), so a consumer can ``XRANGE``/``XREAD`` the key to
 catch up and ``SUBSCRIBE`` to the same name to follow. ``BookStatus`` items are not published.
 
-Each bytewax batch is written with one non-transactional pipeline. Each worker gets its own
+Each bytewax batch is written with one non-transactional pipeline: the commands are packed in
+the Redis protocol here (the per-name part once) and sent in one write on a connection of the
+pool, then every reply is read; redis-py's ``Pipeline`` did the same with about three times the
+Python work per command (see ``benchmarks/``). Each worker gets its own
 connection pool in :meth:`RedisSink.build` (connections are made on first use, so a Redis that is
 down at start-up is just an outage).
 
@@ -50,7 +53,9 @@ Metrics: ``redis_publishes{symbol,type}`` per item fully written (``type`` is ``
 ``sink_buffer_depth{sink}`` and ``sink_drops{sink,type}`` with ``sink`` = ``redis:<pipeline>``,
 ``processing_latency_*{symbol}``: ``recv_ns`` to the moment the pipeline returned, for items
 with ``recv_ns > 0``, and ``event_to_publish_latency_seconds{symbol}``: the exchange's event
-time to that moment, for the same items. Reachability goes to :data:`health.state.STATE`
+time to that moment, for the same items. With ``$MARKET_DATA_LATENCY_REPORT`` set, each partition
+also records the latency of every book update at a resolution of 1/128 and writes it out when it
+closes (:mod:`health.latency`). Reachability goes to :data:`health.state.STATE`
 (down after a failed attempt, up after a good one) for ``/ready``. URLs are logged with any
 password replaced by ``***``.
 """
@@ -66,18 +71,19 @@ import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter, Histogram
 from redis.backoff import NoBackoff
-from redis.client import Pipeline
 from redis.exceptions import (
     ClusterDownError,
     MasterDownError,
     OutOfMemoryError,
     ReadOnlyError,
     RedisError,
+    ResponseError,
     TryAgainError,
 )
 from redis.retry import Retry
 
 from health import metrics
+from health.latency import LatencyReport, report_from_env
 from health.state import STATE
 from market_data import ConfigError, MarketDataError
 from market_data.backoff import ExponentialBackoff
@@ -124,6 +130,15 @@ def redact_url(url: str) -> str:
     return out + (f"#{parts.fragment}" if parts.fragment else "")
 
 
+def _bulk(arg: bytes) -> bytes:
+    """One argument in the Redis protocol (RESP bulk string)."""
+    return b"$%d\r\n%b\r\n" % (len(arg), arg)
+
+
+_BOOK_ENTRY_ID = _bulk(b"*")  # books: Redis assigns the id
+_DATA_FIELD = _bulk(b"data")
+
+
 def _transient(error: Exception) -> bool:
     return isinstance(error, _TRANSIENT) or str(error).startswith(_TRANSIENT_CODES)
 
@@ -139,6 +154,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         *,
         clock: Callable[[], float] = time.monotonic,
         close_timeout_s: float = CLOSE_TIMEOUT_S,
+        latency_report: LatencyReport | None = None,
     ) -> None:
         self._client = client
         self._options = options
@@ -158,11 +174,13 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self._overflow_logged = False
         self._depth_reported = 0
         self._names: dict[tuple[str, str], str] = {}
+        self._heads_cache: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._logged: set[tuple[str, str]] = set()
         self._publishes: dict[tuple[str, str], Counter] = {}
         self._errors: dict[str, Counter] = {}
         self._latency: dict[str, tuple[Histogram, Histogram, Histogram]] = {}
         self._health = STATE.sink(sink_label)  # reachability, for /ready
+        self._report = latency_report
 
     def write_batch(self, items: list[OutputEvent]) -> None:
         """Write ``items`` in one pipeline, or hold them while Redis is unreachable."""
@@ -200,6 +218,8 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self._report_depth()
         self._health.close()
         self._client.close()
+        if self._report is not None:
+            self._report.write()
 
     def _pending(self, item: OutputEvent) -> Pending:
         if not isinstance(item, BookUpdate | Trade):
@@ -215,14 +235,29 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             name = self._names[kind, symbol] = channel(self._options.channel_prefix, kind, symbol)
         return name
 
-    def _queue(self, pipe: Pipeline, pending: Pending) -> tuple[bool, bool]:
-        """Queue the commands for ``pending``; return which of (stream, publish) were queued."""
+    def _heads(self, kind: str, symbol: str) -> tuple[bytes, bytes]:
+        """The packed start of this name's ``XADD`` (up to its entry id) and ``PUBLISH``."""
+        heads = self._heads_cache.get((kind, symbol))
+        if heads is None:
+            name = self._name(kind, symbol).encode()
+            maxlen = str(self._options.stream_maxlen).encode()
+            xadd = b"*8\r\n" + _bulk(b"XADD") + _bulk(name) + _bulk(b"MAXLEN") + _bulk(b"~")
+            heads = self._heads_cache[kind, symbol] = (
+                xadd + _bulk(maxlen),
+                b"*3\r\n" + _bulk(b"PUBLISH") + _bulk(name),
+            )
+        return heads
+
+    def _queue(self, commands: list[bytes], pending: Pending) -> tuple[bool, bool]:
+        """Pack the commands for ``pending``; return which of (stream, publish) were queued."""
         item = pending.item
-        if isinstance(item, BookUpdate):
-            name, payload, entry_id = self._name(BOOK_PREFIX, item.symbol), encode_book(item), "*"
+        if type(item) is BookUpdate:
+            xadd, pub = self._heads(BOOK_PREFIX, item.symbol)
+            payload, entry_id = encode_book(item), _BOOK_ENTRY_ID
         else:
-            name, payload = self._name(TRADE_PREFIX, item.symbol), encode_trade(item)
-            entry_id = f"{item.trade_time_ms}-{item.trade_id}"
+            xadd, pub = self._heads(TRADE_PREFIX, item.symbol)
+            payload = encode_trade(item)
+            entry_id = _bulk(b"%d-%d" % (item.trade_time_ms, item.trade_id))
         if pending.targets is self._targets:  # the usual case; IntFlag arithmetic is slow
             stream, publish = self._stream, self._publish
         else:
@@ -230,19 +265,42 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
                 bool(pending.targets & Target.STREAM),
                 bool(pending.targets & Target.PUBLISH),
             )
+        data = b"$%d\r\n%b\r\n" % (len(payload), payload)
         if stream:
-            maxlen = self._options.stream_maxlen
-            pipe.execute_command("XADD", name, "MAXLEN", "~", maxlen, entry_id, "data", payload)
+            commands.append(xadd + entry_id + _DATA_FIELD + data)
         if publish:
-            pipe.execute_command("PUBLISH", name, payload)
+            commands.append(pub + data)
         return stream, publish
+
+    def _execute(self, commands: list[bytes]) -> list[object]:
+        """Send ``commands`` in one write and read their replies; a refusal is its exception.
+
+        Raises :class:`RedisError` or :class:`OSError` when the connection fails (then it is
+        dropped, and how much Redis executed is unknown).
+        """
+        pool = self._client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command([b"".join(commands)], check_health=False)
+            replies: list[object] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response(disable_decoding=True))
+                except ResponseError as exc:  # a refused command; the rest still run
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
 
     def _send(self, writes: list[Pending], now: float) -> bool:
         """Write ``writes`` in one pipeline; True unless they had to be held for a retry."""
-        pipe = self._client.pipeline(transaction=False)
-        queued = [self._queue(pipe, pending) for pending in writes]
+        commands: list[bytes] = []
+        queued = [self._queue(commands, pending) for pending in writes]
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = self._execute(commands)
         except (RedisError, OSError) as exc:  # unknown how much Redis executed
             self._failed(writes, now, exc, maybe_sent=True)
             return False
@@ -356,6 +414,12 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             hists[1].observe(elapsed_ns / 1e9)
             # The exchange's clock may run ahead of ours: never a negative observation.
             hists[2].observe(max(0.0, done_s - item.event_time_ms / 1e3))
+            report = self._report
+            if report is not None:
+                if kind == "orderbook":
+                    report.recorder.record(elapsed_ns, done_ns)
+                else:
+                    report.trades += 1
 
     def _error_counter(self, symbol: str) -> Counter:
         counter = self._errors.get(symbol)
@@ -413,7 +477,13 @@ class RedisSink(DynamicSink[OutputEvent]):
             redact_url(o.url),
             o.channel_prefix,
         )
-        return RedisPartition(client, o, self.label, close_timeout_s=self.close_timeout_s)
+        return RedisPartition(
+            client,
+            o,
+            self.label,
+            close_timeout_s=self.close_timeout_s,
+            latency_report=report_from_env(self.label, worker_index),
+        )
 
 
 def build_sink(options: RedisSinkOptions, pipeline: PipelineConfig) -> RedisSink:
