@@ -251,7 +251,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
     def _queue(self, commands: list[bytes], pending: Pending) -> tuple[bool, bool]:
         """Pack the commands for ``pending``; return which of (stream, publish) were queued."""
         item = pending.item
-        if type(item) is BookUpdate:
+        if isinstance(item, BookUpdate):
             xadd, pub = self._heads(BOOK_PREFIX, item.symbol)
             payload, entry_id = encode_book(item), _BOOK_ENTRY_ID
         else:
