@@ -18,7 +18,7 @@ An aggTrade frame::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import orjson
 
@@ -137,6 +137,11 @@ def _str(data: dict[str, Any], key: str) -> str:
     return value
 
 
+def _symbol(data: dict[str, Any]) -> str | None:
+    symbol = data.get("s")
+    return symbol if isinstance(symbol, str) else None
+
+
 def _excerpt(frame: str | bytes) -> str:
     text = frame if isinstance(frame, str) else frame.decode("utf-8", "replace")
     return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
@@ -144,23 +149,41 @@ def _excerpt(frame: str | bytes) -> str:
 
 def parse_depth(data: dict[str, Any], recv_time: float, recv_ns: int = 0) -> DepthDelta:
     """Build a :class:`DepthDelta` from the ``data`` object of a ``depthUpdate`` event."""
-    pu = data.get("pu")
-    if pu is not None and type(pu) is not int:
-        raise ParseError(f"field 'pu' must be an integer; got {pu!r}")
-    first, final = _int(data, "U"), _int(data, "u")
+    get = data.get
+    first, final, pu, symbol, event_time = get("U"), get("u"), get("pu"), get("s"), get("E")
+    if not (
+        type(first) is int
+        and type(final) is int
+        and type(event_time) is int
+        and type(symbol) is str
+        and symbol
+        and (pu is None or type(pu) is int)
+    ):
+        _check_depth_fields(data)  # raises the ParseError that says which field is wrong
     if first > final:
         raise ParseError(f"first update id U={first} is after final update id u={final}")
     return DepthDelta(
-        symbol=_str(data, "s"),
-        first_update_id=first,
-        final_update_id=final,
-        prev_final_update_id=pu,
-        event_time_ms=_int(data, "E"),
-        bids=_levels(data.get("b"), "bids"),
-        asks=_levels(data.get("a"), "asks"),
-        recv_time=recv_time,
-        recv_ns=recv_ns,
+        symbol,
+        first,
+        final,
+        pu,
+        event_time,
+        _levels(get("b"), "bids"),
+        _levels(get("a"), "asks"),
+        recv_time,
+        recv_ns,
     )
+
+
+def _check_depth_fields(data: dict[str, Any]) -> NoReturn:
+    pu = data.get("pu")
+    if pu is not None and type(pu) is not int:
+        raise ParseError(f"field 'pu' must be an integer; got {pu!r}")
+    _int(data, "U")
+    _int(data, "u")
+    _str(data, "s")
+    _int(data, "E")
+    raise AssertionError("called for a depth event with valid fields")  # pragma: no cover
 
 
 def parse_agg_trade(data: dict[str, Any], recv_time: float, recv_ns: int = 0) -> Trade:
@@ -201,14 +224,15 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
     if not isinstance(data, dict):
         return FrameError("envelope 'data' is not an object", _excerpt(frame), recv_time=recv_time)
     kind = data.get("e")
-    symbol = data.get("s") if isinstance(data.get("s"), str) else None
     try:
         if kind == "depthUpdate":
             return parse_depth(data, recv_time, recv_ns)
         if kind == "aggTrade":
             return parse_agg_trade(data, recv_time, recv_ns)
     except ParseError as exc:
+        symbol = _symbol(data)
         return FrameError(f"{kind}: {exc}", _excerpt(frame), symbol=symbol, recv_time=recv_time)
+    symbol = _symbol(data)
     if kind is None:
         if "result" in data and "id" in data:  # answer to SUBSCRIBE / LIST_SUBSCRIPTIONS
             return Ignored("subscription_response")
