@@ -24,10 +24,13 @@ from market_data.events import (
     BookState,
     BookStatus,
     BookUpdate,
+    DepthDelta,
+    DepthSnapshot,
     FrameError,
     Ignored,
     Market,
     OutputEvent,
+    ResyncRequest,
     SourceEvent,
     Trade,
 )
@@ -56,11 +59,12 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
         self.step_id = step_id
         self.state: SymbolState | None = None
         self.health: BookHealth | None = None
+        self.metrics: _Metrics | None = None
 
     @override
     def on_batch(self, values: list[SourceEvent]) -> tuple[Iterable[OutputEvent], bool]:
-        state = self.state
-        if state is None:
+        state, m = self.state, self.metrics
+        if state is None or m is None:
             opts = self.options
             state = self.state = SymbolState(
                 _symbol_of(values[0]),
@@ -71,8 +75,9 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
                 last_trade_id=self.resume,
             )
             self.health = STATE.book(self.step_id, state.symbol)
+            m = self.metrics = _Metrics(state.symbol)
         out = state.on_events(values)
-        _export_metrics(state.symbol, values, out, self.health)
+        _export_metrics(m, values, out, self.health)
         return out, StatefulBatchLogic.RETAIN
 
     @override
@@ -80,25 +85,59 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
         return self.state.last_trade_id if self.state is not None else self.resume
 
 
+class _Metrics:
+    """One symbol's metric children, looked up once (``labels()`` costs ~1 µs a call)."""
+
+    __slots__ = ("books", "errors", "gaps", "processed", "symbol", "trades")
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self.processed: dict[str, Any] = {}
+        self.errors = metrics.MESSAGES_ERROR.labels(symbol)
+        self.books = metrics.ORDERBOOK_UPDATES.labels(symbol)
+        self.trades = metrics.TRADES_PROCESSED.labels(symbol)
+        self.gaps = metrics.SEQUENCE_ERRORS.labels(symbol)
+
+    def processed_of(self, kind: str) -> Any:
+        child = self.processed.get(kind)
+        if child is None:
+            child = self.processed[kind] = metrics.MESSAGES_PROCESSED.labels(self.symbol, kind)
+        return child
+
+
+_KIND_OF_TYPE: dict[type, str] = {
+    DepthDelta: "depth",
+    DepthSnapshot: "snapshot",
+    Trade: "trade",
+    ResyncRequest: "resync_request",
+    FrameError: "error",
+}
+
+
 def _export_metrics(
-    symbol: str, values: list[SourceEvent], out: list[OutputEvent], health: BookHealth | None
+    m: _Metrics, values: list[SourceEvent], out: list[OutputEvent], health: BookHealth | None
 ) -> None:
-    kinds = Counter(_kind(v) for v in values)
+    symbol = m.symbol
+    if len(values) == 1:
+        kinds: dict[str, int] = {_kind(values[0]): 1}
+    else:
+        kinds = Counter(_kind(v) for v in values)
     for kind, n in kinds.items():
         if kind == "error":
-            metrics.MESSAGES_ERROR.labels(symbol).inc(n)
+            m.errors.inc(n)
             for v in values:
                 if type(v) is FrameError:
                     _log_frame_error(symbol, v)
-        metrics.MESSAGES_PROCESSED.labels(symbol, kind).inc(n)
+        m.processed_of(kind).inc(n)
     books = trades = gaps = 0
     last_book: BookUpdate | None = None
     now = time.time()
     for ev in out:
-        if isinstance(ev, BookUpdate):
+        t = type(ev)
+        if t is BookUpdate:
             books += 1
-            last_book = ev
-        elif isinstance(ev, Trade):
+            last_book = ev  # type: ignore[assignment]
+        elif t is Trade:
             trades += 1
         elif isinstance(ev, BookStatus):
             if ev.state is not BookState.SYNCED and ev.reason != SNAPSHOT_REPLACED:
@@ -109,25 +148,20 @@ def _export_metrics(
     if health is not None and last_book is not None:
         health.updated(last_book.last_update_id, now)
     if books:
-        metrics.ORDERBOOK_UPDATES.labels(symbol).inc(books)
+        m.books.inc(books)
     if trades:
-        metrics.TRADES_PROCESSED.labels(symbol).inc(trades)
+        m.trades.inc(trades)
     if gaps:
-        metrics.SEQUENCE_ERRORS.labels(symbol).inc(gaps)
+        m.gaps.inc(gaps)
 
 
 def _kind(ev: Any) -> str:
-    t = type(ev)
-    if t is FrameError:
-        return "error"
-    if t is Ignored:
+    kind = _KIND_OF_TYPE.get(type(ev))
+    if kind is not None:
+        return kind
+    if type(ev) is Ignored:
         return str(ev.kind)
-    return {
-        "DepthDelta": "depth",
-        "DepthSnapshot": "snapshot",
-        "Trade": "trade",
-        "ResyncRequest": "resync_request",
-    }.get(t.__name__, t.__name__)
+    return type(ev).__name__
 
 
 def apply(
