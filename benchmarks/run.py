@@ -6,12 +6,24 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
   view, encode), as a histogram;
 * ``ceiling``: a bare-Python loop doing the same work with no framework (the best the dataflow
   could do in one process);
-* ``flow``: the whole dataflow (``python -m bytewax.run flows.main``) replaying the same frames,
-  with each sink, under one worker, two worker threads and two processes.
+* ``replay``: the whole dataflow (``python -m bytewax.run flows.main``) replaying the same
+  frames, with each sink, under one worker, two worker threads and two processes;
+* ``e2e``: the whole dataflow on the simulator's WebSocket (the simulator in its own process),
+  one symbol at ``--e2e-rate`` updates/s, Redis sink: latency from the frame read off the socket
+  to the Redis pipeline's return, after a warm-up, under each of ``--e2e-variants`` (``default``;
+  ``low-latency``: the source busy-polls; ``+gc``: ``service.gc`` frozen and a gen-0 threshold
+  of 50,000), with the longest pause (gap between deliveries) and what GC did meanwhile;
+* ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
+  in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
+  send rate, so the limiting side shows (see :mod:`benchmarks.live`).
 
-It prints one markdown table (updates/s, p50/p99/p999 µs, peak RSS, ratio to the ceiling) and
-writes the figures as JSON (``--json``). These are figures, not pass/fail tests: the machine is
-small and shared, so run it several times and compare medians.
+``--cases`` picks some (default: all). It prints one markdown table (updates/s, p50/p99/p999 µs,
+the live cases' max latency, longest pause and simulator rate, peak RSS, ratio to the ceiling)
+and writes the figures as JSON (``--json``; the live cases with their per-second figures). These
+are figures, not pass/fail tests: the machine is small and shared, so run it several times and
+compare medians. The live cases' frames are the simulator's (about 4 level changes each on
+average), lighter than the replayed ones (1-40, about 20), so they are not compared with the
+ceiling.
 """
 
 from __future__ import annotations
@@ -29,7 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import core
+from benchmarks import core, live
+from benchmarks.procs import max_rss_kib
 from benchmarks.streams import Stream, generate
 from sources.recording import Record, write_records
 
@@ -51,6 +64,9 @@ class Row:
     p999_us: float | None = None
     peak_rss_mib: float | None = None
     vs_ceiling: float | None = None
+    max_ms: float | None = None  # the largest latency (live cases)
+    pause_ms: float | None = None  # the longest gap between deliveries (live cases)
+    source_per_s: float | None = None  # what the simulator sent (live cases)
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -120,22 +136,6 @@ pipelines:
     return seconds, peak_kib / 1024
 
 
-def max_rss_kib(pid: int) -> int:
-    """The largest resident set (KiB) among ``pid`` and its descendants, from /proc."""
-    best, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    best = max(best, int(line.split()[1]))
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (OSError, ValueError):
-            continue  # the process ended meanwhile
-    return best
-
-
 def redis_answers() -> bool:
     """True when the benchmark's Redis answers."""
     import redis
@@ -147,34 +147,127 @@ def redis_answers() -> bool:
         return False
 
 
+CASES = ("core", "ceiling", "replay", "e2e", "throughput")
+GC_TUNED = "{freeze: true, gen0_threshold: 50000}"
+E2E_VARIANTS = {  # name: (source poll_interval_ms, service.gc)
+    "default": (1.0, "{}"),
+    "low-latency": (0.0, "{}"),
+    "default+gc": (1.0, GC_TUNED),
+    "low-latency+gc": (0.0, GC_TUNED),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run every case and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    """Run the chosen cases and print the table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--cases", default=",".join(CASES), help=f"some of {','.join(CASES)}")
     parser.add_argument("--symbols", type=int, default=4)
     parser.add_argument("--updates", type=int, default=25_000, help="per symbol")
     parser.add_argument("--runs", type=int, default=3, help="repeats; medians are reported")
-    parser.add_argument("--quick", action="store_true", help="fewer updates, one run, 1 sink")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer updates, one run, 1 sink, short live cases"
+    )
     parser.add_argument("--sinks", default="jsonl,shm,redis")
+    parser.add_argument("--e2e-rate", type=float, default=10_000, help="updates/s, one symbol")
+    parser.add_argument("--e2e-variants", default=",".join(E2E_VARIANTS))
+    parser.add_argument("--throughput-processes", default="1,2")
+    parser.add_argument(
+        "--throughput-gc", action="store_true", help="also run throughput with service.gc tuned"
+    )
+    parser.add_argument("--live-warmup", type=float, default=5.0, help="seconds left out")
+    parser.add_argument("--live-seconds", type=float, default=20.0, help="seconds measured")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.updates, args.runs, args.sinks = 5_000, 1, "jsonl"
+        args.live_warmup, args.live_seconds = 3.0, 6.0
+        args.e2e_variants, args.throughput_processes = "default,low-latency+gc", "1"
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    variants = [v.strip() for v in args.e2e_variants.split(",") if v.strip()]
+    unknown = sorted(set(cases) - set(CASES)) + sorted(set(variants) - set(E2E_VARIANTS))
+    if unknown:
+        parser.error(
+            f"unknown case or variant {unknown}; expected cases from {list(CASES)} and "
+            f"variants from {list(E2E_VARIANTS)}"
+        )
     symbols = [f"SYM{i}USDT" for i in range(args.symbols)]
     streams = [generate(s, args.updates, seed=7) for s in symbols]
     total = sum(len(s.frames) for s in streams)
     rows: list[Row] = []
+    figures: list[live.LiveFigures] = []
 
-    lat = sorted(core.latencies(streams))
-    mean_s = statistics.fmean(lat) / 1e9
-    rows.append(
-        Row("core: parse+apply+encode, per frame", total, sum(lat) / 1e9, 1 / mean_s,
-            percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.999))
+    if "core" in cases:
+        lat = sorted(core.latencies(streams))
+        mean_s = statistics.fmean(lat) / 1e9
+        rows.append(
+            Row("core: parse+apply+encode, per frame", total, sum(lat) / 1e9, 1 / mean_s,
+                percentile(lat, 0.5), percentile(lat, 0.99), percentile(lat, 0.999))
+        )  # fmt: skip
+    ceiling_rate: float | None = None
+    if "ceiling" in cases or "replay" in cases:
+        ceilings = [core.ceiling(streams) for _ in range(args.runs)]
+        ceiling_s = statistics.median(s for _, s in ceilings)
+        ceiling_rate = total / ceiling_s
+        rows.append(
+            Row("ceiling: bare Python loop", total, ceiling_s, ceiling_rate, vs_ceiling=1.0)
+        )
+
+    if "replay" in cases:
+        assert ceiling_rate is not None
+        rows += replay_rows(args, streams, total, ceiling_rate)
+
+    live_cases = [c for c in ("e2e", "throughput") if c in cases]
+    if live_cases and not redis_answers():
+        print("no Redis answers at $REDIS_URL or 127.0.0.1:6379: skipping", live_cases)
+        live_cases = []
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
+    warmup_s, measure_s = args.live_warmup, args.live_seconds
+    if "e2e" in live_cases:
+        for variant in variants:
+            poll, gc = E2E_VARIANTS[variant]
+            case = f"e2e: simulator ws -> redis, 1 symbol at {args.e2e_rate:,.0f}/s, {variant}"
+            figures.append(
+                live.run_case(case, ["BTCUSDT"], args.e2e_rate, poll_interval_ms=poll, gc=gc,
+                              warmup_s=warmup_s, measure_s=measure_s, redis_url=url)
+            )  # fmt: skip
+    if "throughput" in live_cases:
+        for gc in ("{}", GC_TUNED) if args.throughput_gc else ("{}",):
+            for n in (int(p) for p in args.throughput_processes.split(",")):
+                figures.append(
+                    live.throughput_case(n, symbols=args.symbols, gc=gc, warmup_s=warmup_s,
+                                         measure_s=measure_s, redis_url=url)
+                )  # fmt: skip
+    rows += [live_row(f) for f in figures]
+
+    print(table(rows))
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                            "load": os.getloadavg()},
+                "args": vars(args),
+                "rows": [asdict(r) for r in rows],
+                "live": [asdict(f) for f in figures],
+            },
+            indent=2,
+        )
     )  # fmt: skip
-    ceilings = [core.ceiling(streams) for _ in range(args.runs)]
-    ceiling_s = statistics.median(s for _, s in ceilings)
-    ceiling_rate = total / ceiling_s
-    rows.append(Row("ceiling: bare Python loop", total, ceiling_s, ceiling_rate, vs_ceiling=1.0))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\nfigures written to {out}; this process's peak RSS {rss:.0f} MiB")
+    return 0
 
+
+def replay_rows(
+    args: argparse.Namespace, streams: list[Stream], total: int, ceiling_rate: float
+) -> list[Row]:
+    """The replay flow with each sink and topology."""
+    rows = []
     sinks = [s for s in args.sinks.split(",") if s != "redis" or redis_answers()]
     with tempfile.TemporaryDirectory(prefix="md-bench-") as tmp:
         folder = Path(tmp)
@@ -194,24 +287,24 @@ def main(argv: list[str] | None = None) -> int:
                     Row(f"flow: replay -> {sink}, {topology}", total, seconds, rate,
                         peak_rss_mib=max(r for _, r in runs), vs_ceiling=rate / ceiling_rate)
                 )  # fmt: skip
+    return rows
 
-    print(table(rows))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "load": os.getloadavg()},
-                "args": vars(args),
-                "rows": [asdict(r) for r in rows],
-            },
-            indent=2,
-        )
-    )  # fmt: skip
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\nfigures written to {out}; this process's peak RSS {rss:.0f} MiB")
-    return 0
+
+def live_row(f: live.LiveFigures) -> Row:
+    """A live case's line of the table."""
+    return Row(
+        f.case,
+        f.updates,
+        f.seconds,
+        f.updates_per_s,
+        f.p50_us,
+        f.p99_us,
+        f.p999_us,
+        peak_rss_mib=f.peak_rss_mib,
+        max_ms=f.max_us / 1e3,
+        pause_ms=f.longest_gap_ms,
+        source_per_s=f.sim_sent_per_s,
+    )
 
 
 def table(rows: list[Row]) -> str:
@@ -221,14 +314,16 @@ def table(rows: list[Row]) -> str:
         return "" if v is None else format(v, fmt)
 
     lines = [
-        "| case | updates | updates/s | p50 µs | p99 µs | p999 µs | RSS MiB | vs ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| case | updates | updates/s | p50 µs | p99 µs | p999 µs | max ms | pause ms "
+        "| sim sent/s | RSS MiB | vs ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r.case} | {r.updates:,} | {r.updates_per_s:,.0f} | {f(r.p50_us, '.1f')} | "
-            f"{f(r.p99_us, '.1f')} | {f(r.p999_us, '.1f')} | {f(r.peak_rss_mib, '.0f')} | "
-            f"{f(r.vs_ceiling, '.2f')} |"
+            f"{f(r.p99_us, '.1f')} | {f(r.p999_us, '.1f')} | {f(r.max_ms, '.1f')} | "
+            f"{f(r.pause_ms, '.1f')} | {f(r.source_per_s, ',.0f')} | "
+            f"{f(r.peak_rss_mib, '.0f')} | {f(r.vs_ceiling, '.2f')} |"
         )
     return "\n".join(lines)
 

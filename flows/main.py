@@ -7,7 +7,8 @@ prints every problem and exits with status 2, without a traceback.
 Building the flow also starts the health sidecar (``/health``, ``/ready``, ``/metrics``; see
 ``docs/health.md``) once per process, and makes SIGINT and SIGTERM stop the flow gracefully (see
 :mod:`market_data.shutdown`): the sources end, the sinks flush and close, shared memory is
-unlinked, and the process exits with status 0; a second signal stops it at once.
+unlinked, and the process exits with status 0; a second signal stops it at once. Last, it applies
+``service.gc`` (see :mod:`flows.gc_tuning`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from bytewax.dataflow import Dataflow
 
 from flows.build import build_dataflow
+from flows.gc_tuning import tune_gc
 from health.cluster import HealthError, detect, prepare
 from market_data import ConfigError
 from market_data.config import config_path, load_config
@@ -53,6 +55,7 @@ def build_flow(path: str | None = None) -> Dataflow:
     from health import server  # imports prometheus_client, so only after prepare()
 
     server.start(config, topology, shared)
+    tune_gc(config.service.gc)  # last: everything start-up made so far can be frozen
     return flow
 
 

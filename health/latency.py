@@ -6,12 +6,13 @@ the return of the pipeline that carried it, in a :class:`~market_data.histogram.
 (per-second histograms with a resolution of 1/128, and the longest gap between deliveries). When
 the partition closes (the flow ends: ``run_for_s``, SIGTERM, Ctrl-C) it writes one JSON file::
 
-    {"format": 1, "pid": 123, "worker": 0, "sink": "redis:bench", "origin_unix": 1.7e9,
+    {"format": 1, "pid": 123, "worker": 0, "sink": "redis:bench", "origin_unix": 1700000000,
      "latency": {<LatencyRecorder.to_dict()>}, "trades": 42, "gc": {<GcWatch.to_dict()>}}
 
-``origin_unix`` is the wall-clock time of the recorder's ``origin_ns``, so reports of several
-processes line up. ``{pid}`` and ``{worker}`` in the path are replaced; a path without them gets
-``.<pid>.w<worker>`` before its suffix, so workers and processes never overwrite each other.
+``origin_unix`` is the whole wall-clock second at the recorder's ``origin_ns``: interval ``k`` of
+every report is the second ``origin_unix + k``, so the reports of several processes line up.
+``{pid}`` and ``{worker}`` in the path are replaced; a path without them gets ``.<pid>.w<worker>``
+before its suffix, so workers and processes never overwrite each other.
 
 The ``gc`` part comes from :class:`GcWatch`, installed once per process with the first report: the
 number and total time of the collections of each generation, and every collection that took at
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import threading
 import time
@@ -107,8 +109,11 @@ class LatencyReport:
         self.path = path
         self.sink = sink
         self.worker = worker
-        self.origin_unix = time.time()
-        self.recorder = LatencyRecorder(time.perf_counter_ns())
+        # Intervals start on whole wall-clock seconds, so the reports of every worker and
+        # process line up: interval k covers the second origin_unix + k.
+        now_unix, now_ns = time.time(), time.perf_counter_ns()
+        self.origin_unix = math.floor(now_unix)
+        self.recorder = LatencyRecorder(now_ns - round((now_unix - self.origin_unix) * 1e9))
         self.trades = 0  # trades delivered (their latency is not recorded)
         self.gc = gc_watch()
 

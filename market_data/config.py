@@ -71,6 +71,16 @@ class LoggingSettings(_Strict):
     format: Literal["text", "json"] = "text"
 
 
+class GcSettings(_Strict):
+    """Garbage-collector tuning, applied once the dataflow is built (see ``flows/gc_tuning.py``)."""
+
+    # gc.collect() then gc.freeze(): what start-up made is never scanned again, which keeps
+    # full collections short (they scan every tracked object: some 60,000 from the imports).
+    freeze: bool = False
+    # Allocations between two young-generation collections (Python's default is 700).
+    gen0_threshold: Annotated[int, Field(gt=0)] | None = None
+
+
 CpuSet = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
@@ -82,6 +92,7 @@ class ServiceSettings(_Strict):
     # CPUs the worker processes run on (os.sched_setaffinity when the flow is built): one set
     # for every process, or a list of sets, process i taking set i (modulo their number).
     cpu_affinity: CpuSet | Annotated[list[CpuSet], Field(min_length=1)] | None = None
+    gc: GcSettings = GcSettings()
 
 
 class _RawPipeline(_Strict):

@@ -164,8 +164,8 @@ class LatencyRecorder:
 
     ``record(latency_ns, at_ns)`` files the latency under interval
     ``(at_ns - origin_ns) // interval_ns``; the gap of a record is ``at_ns`` minus the previous
-    record's ``at_ns``, filed under the later record's interval. Records of one batch share an
-    ``at_ns``, so a gap is time in which nothing at all was delivered.
+    record's ``at_ns``, filed under the later record's interval with the ``at_ns`` it ended at.
+    Records of one batch share an ``at_ns``, so a gap is time in which nothing was delivered.
     """
 
     __slots__ = ("_gaps", "_intervals", "_last_at", "interval_ns", "origin_ns")
@@ -176,7 +176,7 @@ class LatencyRecorder:
         self.origin_ns = origin_ns
         self.interval_ns = interval_ns
         self._intervals: dict[int, LatencyHistogram] = {}
-        self._gaps: dict[int, int] = {}
+        self._gaps: dict[int, tuple[int, int]] = {}  # interval -> (longest gap, its end)
         self._last_at: int | None = None
 
     def record(self, latency_ns: int, at_ns: int) -> None:
@@ -185,16 +185,20 @@ class LatencyRecorder:
         h = self._intervals.get(k)
         if h is None:
             h = self._intervals[k] = LatencyHistogram()
-            self._gaps[k] = 0
+            self._gaps[k] = (0, at_ns)
         h.record(latency_ns)
         last = self._last_at
-        if last is not None and at_ns - last > self._gaps[k]:
-            self._gaps[k] = at_ns - last
+        if last is not None and at_ns - last > self._gaps[k][0]:
+            self._gaps[k] = (at_ns - last, at_ns)
         self._last_at = at_ns
 
     def intervals(self) -> list[tuple[int, LatencyHistogram, int]]:
         """``(interval, histogram, longest gap ns)`` for every interval with records, in order."""
-        return [(k, self._intervals[k], self._gaps[k]) for k in sorted(self._intervals)]
+        return [(k, self._intervals[k], self._gaps[k][0]) for k in sorted(self._intervals)]
+
+    def gap_end(self, interval: int) -> int:
+        """When the longest gap of ``interval`` ended (``at_ns`` of the record that ended it)."""
+        return self._gaps[interval][1]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types."""
@@ -202,7 +206,12 @@ class LatencyRecorder:
             "origin_ns": self.origin_ns,
             "interval_ns": self.interval_ns,
             "intervals": [
-                {"interval": k, "gap_max_ns": gap, "histogram": h.to_dict()}
+                {
+                    "interval": k,
+                    "gap_max_ns": gap,
+                    "gap_end_ns": self._gaps[k][1],
+                    "histogram": h.to_dict(),
+                }
                 for k, h, gap in self.intervals()
             ],
         }
@@ -214,5 +223,5 @@ class LatencyRecorder:
         for item in data["intervals"]:
             k = item["interval"]
             rec._intervals[k] = LatencyHistogram.from_dict(item["histogram"])
-            rec._gaps[k] = item["gap_max_ns"]
+            rec._gaps[k] = (item["gap_max_ns"], item["gap_end_ns"])
         return rec

@@ -327,9 +327,7 @@ class Simulator:
                 if delay < -1.0:  # far behind (a paused process): carry on, do not burst
                     due = loop.time()
                 await asyncio.sleep(0)  # behind: the writers and REST still get their turn
-            if max_backlog is not None and any(
-                c.queue.qsize() > max_backlog for c in self._conns
-            ):
+            if max_backlog is not None and any(c.queue.qsize() > max_backlog for c in self._conns):
                 continue  # a load test's client is behind: skip this tick's updates
             frames = self._exchange.tick(int(self._clock() * 1000))
             self._dispatch(frames)

@@ -12,7 +12,13 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from market_data.config import HealthSettings, LoggingSettings, ServiceSettings, parse_config
+from market_data.config import (
+    GcSettings,
+    HealthSettings,
+    LoggingSettings,
+    ServiceSettings,
+    parse_config,
+)
 from market_data.registry import OPERATORS, SINKS, SOURCES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,11 +31,12 @@ def test_configuration_reference_names_every_key():
     models: list[tuple[str, type[BaseModel]]] = [
         ("service.health.", HealthSettings),
         ("service.logging.", LoggingSettings),
+        ("service.gc.", GcSettings),
         ("service.", ServiceSettings),
     ]
     for prefix, model in models:
         for key in model.model_fields:
-            if key not in ("health", "logging") and f"`{prefix}{key}`" not in text:
+            if key not in ("health", "logging", "gc") and f"`{prefix}{key}`" not in text:
                 missing.append(prefix + key)
     for registry in (SOURCES, OPERATORS, SINKS):
         for name in registry.names():

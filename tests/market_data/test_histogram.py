@@ -127,7 +127,8 @@ def test_recorder_files_latencies_by_interval_with_the_longest_gap() -> None:
     (k0, h0, gap0), (k1, h1, gap1) = rec.intervals()
     assert (k0, h0.count, gap0) == (0, 50, 10 * ms)
     assert (k1, h1.count, gap1, h1.max) == (1, 3, 700 * ms, 40 * ms)
+    assert rec.gap_end(1) == 11_200 * ms  # when the pause ended, to match it with a GC
     back = LatencyRecorder.from_dict(rec.to_dict())
-    assert [(k, h.counts, g) for k, h, g in back.intervals()] == [
-        (k, h.counts, g) for k, h, g in rec.intervals()
+    assert [(k, h.counts, g, back.gap_end(k)) for k, h, g in back.intervals()] == [
+        (k, h.counts, g, rec.gap_end(k)) for k, h, g in rec.intervals()
     ]
