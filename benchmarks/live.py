@@ -180,7 +180,7 @@ def run_flow(config: Path, processes: int, reports: Path, timeout_s: float) -> f
         ENV_VAR: str(reports / "latency-{pid}-{worker}.json"),
     }
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=err, stderr=err)
         deadline = time.monotonic() + timeout_s
         peak_kib = 0
         while proc.poll() is None:
