@@ -1,4 +1,4 @@
-"""Optional garbage-collector tuning of the worker processes: ``service.gc`` in the config.
+"""Garbage-collector tuning of the worker processes, on by default: ``service.gc`` in the config.
 
 CPython's full collections scan every tracked object, and a flow process holds some 60,000 of
 them from its imports alone, so one full collection stops every worker thread for tens of
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def tune_gc(settings: GcSettings) -> None:
-    """Apply ``settings`` to this process's collector; a no-op with the defaults."""
+    """Apply ``settings`` to this process's collector (a no-op when both are turned off)."""
     if settings.gen0_threshold is not None:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(settings.gen0_threshold, gen1, gen2)

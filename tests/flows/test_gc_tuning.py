@@ -30,16 +30,17 @@ def collector() -> Iterator[None]:
 def test_config_keys_and_their_errors() -> None:
     config = parse_config("service: {gc: {freeze: true, gen0_threshold: 50000}}" + PIPELINE, "f")
     assert config.service.gc == GcSettings(freeze=True, gen0_threshold=50000)
-    assert parse_config(PIPELINE, "f").service.gc == GcSettings()
+    default = parse_config(PIPELINE, "f").service.gc
+    assert default == GcSettings(freeze=True, gen0_threshold=50_000)  # on unless turned off
     with pytest.raises(ConfigError, match="gen0_threshold") as err:
         parse_config("service: {gc: {gen0_threshold: 0, disable: true}}" + PIPELINE, "f")
     assert "disable" in str(err.value)
 
 
 @pytest.mark.usefixtures("collector")
-def test_defaults_leave_the_collector_alone() -> None:
+def test_turned_off_it_leaves_the_collector_alone() -> None:
     before = gc.get_threshold(), gc.get_freeze_count()
-    tune_gc(GcSettings())
+    tune_gc(GcSettings(freeze=False, gen0_threshold=None))
     assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
