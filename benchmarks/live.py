@@ -369,7 +369,7 @@ def throughput_case(
     names = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
     chosen = (names + [f"SYM{i}USDT" for i in range(symbols)])[:symbols]
     topology = "1 process" if processes == 1 else f"{processes} processes"
-    tuned = "" if gc == "{}" else ", gc tuned"
+    tuned = "" if gc == "{}" else f", gc {gc}"
     return run_case(
         f"throughput: simulator ws -> redis, {symbols} symbols, {topology}{tuned}",
         chosen,
