@@ -4,16 +4,18 @@
     python -m benchmarks.soak --minutes 60 --symbols 20 --rate 100 --json soak.json
 
 The real source, book operator and shared-memory sink run in this process on the simulator
-(gaps, disconnects, duplicates, malformed and unknown frames, 429s, slow and lagging snapshots).
+(gaps, disconnects, duplicates, malformed and unknown frames, 429s, slow and lagging snapshots,
+late REST aggTrades answers).
 A checking sink compares every published book with the simulator's own book at that update id
 and records every trade; a thread samples resident memory (``VmRSS``) and open descriptors. At the
 end it prints: books checked and wrong, resyncs, the longest time a symbol went without a correct
 book, trades missing or duplicated, RSS and descriptors at start and end.
 
-Trades are counted in two places: where the source parsed them and where the flow published them.
-A trade the exchange pushed while a connection was down never reaches the source (Binance does
-not replay aggTrades on a new connection), so it is reported apart from a trade lost inside the
-flow, which must never happen.
+Trades are counted in two places: where the source emitted them and where the flow published
+them. Binance does not replay aggTrades on a new connection; the source fetches the ones pushed
+while a connection was down over REST (``trade_backfill``), and those count as received. A trade
+that never reached the source (its backfill gave up) is reported apart from a trade lost inside
+the flow, which must never happen.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ DEPTH = 10
 # the weight budget, not the recovery, decides how long a book is down.
 EVERY_FAULT = (
     "gap=0.005,disconnect=0.0005,duplicate=0.02,malformed=0.02,unknown_event=0.02,"
-    "snapshot_429=0.1,snapshot_lag=2,snapshot_delay=0.2"
+    "snapshot_429=0.1,snapshot_lag=2,snapshot_delay=0.2,agg_trades_delay=0.2"
 )
 
 
@@ -76,13 +78,18 @@ def rss_kib() -> int:
 
 def snapshot_fetches() -> dict[str, float]:
     """The process's ``snapshot_fetches`` counters summed by outcome."""
+    return counter_sums("snapshot_fetches", "outcome")
+
+
+def counter_sums(name: str, label: str | None = None) -> dict[str, float]:
+    """The process's counters ``name`` summed by ``label`` (all under ``""`` without one)."""
     out: dict[str, float] = {}
     for family in REGISTRY.collect():
-        if family.name == "snapshot_fetches":
+        if family.name == name:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    outcome = sample.labels["outcome"]
-                    out[outcome] = out.get(outcome, 0.0) + sample.value
+                    key = sample.labels[label] if label else ""
+                    out[key] = out.get(key, 0.0) + sample.value
     return out
 
 
@@ -236,7 +243,9 @@ class SoakReport:
     trades_duplicated: int = 0
     trades_out_of_order: int = 0
     trades_lost_in_flow: int = 0  # parsed by the source, never published
-    trades_not_received: int = 0  # pushed by the exchange while a connection was down
+    trades_not_received: int = 0  # pushed while a connection was down and not backfilled
+    trades_backfilled: int = 0  # pushed while a connection was down, fetched over REST
+    trade_backfills_failed: dict[str, int] = field(default_factory=dict)  # by reason
     trades_missing: int = 0  # = lost in flow + not received
     snapshots_fetched: int = 0
     snapshots_refused: int = 0  # 429 / 418 answers
@@ -310,6 +319,8 @@ def run_soak(
     sampler = Sampler()
     reset_shutdown()
     fetches_before = snapshot_fetches()
+    backfilled_before = counter_sums("trades_backfilled")
+    failed_before = counter_sums("trade_backfill_failures", "reason")
     with Simulator(config) as sim:
         checker = Checker(sim, names)
         options = BinanceFuturesOptions(
@@ -337,6 +348,12 @@ def run_soak(
         _trade_figures(checker, sim, report)
         report.sim_counts = {k: v for k, v in sim.counts().items() if v}
     fetches = snapshot_fetches()
+    report.trades_backfilled = int(
+        counter_sums("trades_backfilled").get("", 0.0) - backfilled_before.get("", 0.0)
+    )
+    for reason, count in counter_sums("trade_backfill_failures", "reason").items():
+        if count > failed_before.get(reason, 0.0):
+            report.trade_backfills_failed[reason] = int(count - failed_before.get(reason, 0.0))
     for outcome, name in (("ok", "fetched"), ("rate_limited", "refused"), ("error", "failed")):
         done = fetches.get(outcome, 0.0) - fetches_before.get(outcome, 0.0)
         setattr(report, f"snapshots_{name}", int(done))
@@ -393,7 +410,15 @@ def format_report(r: SoakReport) -> str:
         f"  trades published    {r.trades_published}",
         f"  trades duplicated   {r.trades_duplicated}, out of order {r.trades_out_of_order}",
         f"  trades missing      {r.trades_missing}: lost in the flow {r.trades_lost_in_flow}, "
-        f"never received {r.trades_not_received} (pushed while a connection was down)",
+        f"never received {r.trades_not_received} (pushed while a connection was down and not "
+        "backfilled)",
+        f"  trades backfilled   {r.trades_backfilled} over REST after reconnects; backfills given "
+        f"up: {sum(r.trade_backfills_failed.values())}"
+        + (
+            f" ({', '.join(f'{k}={v}' for k, v in sorted(r.trade_backfills_failed.items()))})"
+            if r.trade_backfills_failed
+            else ""
+        ),
         f"  RSS MiB             start {r.rss_kib_start / mib:.1f}, after warm-up "
         f"{r.rss_kib_warm / mib:.1f}, half-way {r.rss_kib_mid / mib:.1f}, "
         f"end {r.rss_kib_end / mib:.1f}, after the flow {r.rss_kib_after / mib:.1f}",

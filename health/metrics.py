@@ -63,6 +63,16 @@ SNAPSHOT_FETCHES = Counter(
     "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]
 )
 RESYNCS = Counter("resyncs", "Snapshots requested by the source, by reason", ["symbol", "reason"])
+TRADES_BACKFILLED = Counter(
+    "trades_backfilled",
+    "Trades missed while a connection was down, fetched over REST and emitted",
+    ["symbol"],
+)
+TRADE_BACKFILL_FAILURES = Counter(
+    "trade_backfill_failures",
+    "Trade backfills given up (the trades not fetched stay missing), by reason",
+    ["symbol", "reason"],
+)
 EVENT_TO_PUBLISH_LATENCY_S = Histogram(
     "event_to_publish_latency_seconds",
     "Exchange event time (E) to the sink's write, in seconds (includes clock offset; >= 0)",

@@ -69,6 +69,11 @@ class BinanceOptions(Options):
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
     poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
     run_for_s: Annotated[float, Field(gt=0)] | None = None  # end the flow after this (soak, demos)
+    # After a trade connection comes back, fetch the aggTrades it missed over REST (see
+    # sources.backfill); the symbol's live trades wait meanwhile, at most the timeout.
+    trade_backfill: bool = True
+    trade_backfill_max_trades: PositiveInt = 10_000
+    trade_backfill_timeout_s: Annotated[float, Field(gt=0)] = 10.0
 
 
 class BinanceFuturesOptions(BinanceOptions):

@@ -6,7 +6,9 @@ snapshot fetcher. Frames are stamped on receipt by the connection threads and pa
 ``next_batch`` on the bytewax worker. The source mirrors the book's sequence rules per symbol
 (:class:`sources.tracker.SequenceTracker`) to fetch a snapshot after every (re)connect, on every
 break, and when a snapshot is older than the stream; the snapshot goes into the stream after the
-deltas that arrived before it, and the book operator joins them by Binance's procedure.
+deltas that arrived before it, and the book operator joins them by Binance's procedure. After a
+trade connection comes back, the trades it missed are fetched over REST and emitted before the
+symbol's next live trades, which wait meanwhile (:mod:`sources.backfill`).
 """
 
 from __future__ import annotations
@@ -27,20 +29,22 @@ from health import metrics
 from health.state import STATE
 from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
-from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent
+from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent, Trade
 from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
 from market_data.shutdown import stop_requested
+from sources.backfill import Page, Step, TradeGate
 from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
 from sources.parse import parse_frame
-from sources.policy import ConnectionPlan, plan_connections
+from sources.policy import ConnectionPlan, plan_connections, trade_stream
 from sources.recording import RecordingWriter
 from sources.snapshots import SnapshotFetcher, shared_budget
 from sources.tracker import SequenceTracker
+from sources.trade_fetcher import TradeFetcher
 
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-_FRAME, _CONN, _SNAPSHOT = 0, 1, 2
+_FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 
 _recorders: dict[str, RecordingWriter] = {}
 _recorders_lock = threading.Lock()
@@ -106,6 +110,29 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             options.max_streams_per_connection,
         )
         rng = random.Random()
+        # Trade backfill: a gate per symbol, and which symbols' trades each connection carries.
+        self._gates: dict[str, TradeGate] = {}
+        self._filling: dict[str, TradeGate] = {}  # gates holding trades, for their deadline
+        self.trade_fetcher: TradeFetcher | None = None
+        if options.trade_backfill:
+            self._gates = {
+                s: TradeGate(
+                    s, options.trade_backfill_max_trades, options.trade_backfill_timeout_s, rng
+                )
+                for s in symbols
+            }
+            self.trade_fetcher = TradeFetcher(
+                options.rest_url,
+                market,
+                budget,
+                lock,
+                lambda page: self._queue.append((_PAGE, page)),
+                defer=lambda: self.fetcher.due() > 0,  # books first
+            )
+        self._trade_symbols = {
+            plan: tuple(s for s in plan.symbols if trade_stream(s) in plan.streams)
+            for plan in self.plans
+        }
         self.connections = [
             WsConnection(plan, settings, self._on_frame, self._on_state, rng) for plan in self.plans
         ]
@@ -114,6 +141,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         self._awake: datetime | None = None
         self._end_at = None if options.run_for_s is None else time.monotonic() + options.run_for_s
         self.fetcher.start()
+        if self.trade_fetcher is not None:
+            self.trade_fetcher.start()
         for conn in self.connections:
             conn.start()
 
@@ -133,6 +162,9 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         out: list[SourceEvent] = []
         queue = self._queue
         trackers = self._trackers
+        gates = self._gates
+        if self._filling:
+            self._expire_backfills(out)
         while queue and len(out) < MAX_BATCH:
             item = queue.popleft()
             kind = item[0]
@@ -146,6 +178,13 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                         ev.first_update_id, ev.final_update_id, ev.prev_final_update_id
                     ):
                         self.fetcher.request(ev.symbol, tracker.reason)
+                elif type(ev) is Trade and gates:
+                    gate = gates.get(ev.symbol)
+                    if gate is not None:
+                        if gate.filling:  # held until the backfill is done or given up
+                            self._act(gate, gate.hold(ev, time.monotonic()), out)
+                            continue
+                        gate.passed(ev.trade_id)
                 out.append(ev)
             elif kind == _SNAPSHOT:
                 ev = item[1]
@@ -155,8 +194,11 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                         # Binance's REST snapshot can lag its stream; ask again shortly.
                         self.fetcher.request(ev.symbol, tracker.reason, delay_s=0.25)
                 out.append(ev)
+            elif kind == _PAGE:
+                page: Page = item[1]
+                self._act(gates[page.symbol], gates[page.symbol].on_page(page), out)
             else:
-                self._on_conn(item[1])
+                self._on_conn(item[1], out)
         if out:
             STATE.processed_at = time.time()
         self._awake = (
@@ -164,7 +206,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         )
         return out
 
-    def _on_conn(self, event: ConnEvent) -> None:
+    def _on_conn(self, event: ConnEvent, out: list[SourceEvent]) -> None:
         plan: ConnectionPlan = event.plan
         depth_symbols = [s for s in plan.symbols if any("@depth" in n for n in plan.streams)]
         if event.state is ConnState.CONNECTED:
@@ -176,11 +218,52 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             for symbol in depth_symbols:
                 self._trackers[symbol].reset("connected")
                 self.fetcher.request(symbol, "connected")
+            # Trades were missed too: fetch them before the symbol's next live trades go on.
+            now = time.monotonic()
+            for symbol in self._trade_symbols[plan]:
+                gate = self._gates.get(symbol)
+                if gate is not None:
+                    self._act(gate, gate.reconnected(now), out)
         elif event.state is ConnState.DISCONNECTED:
             self._health[plan].disconnected(event.reason)
             for symbol in plan.symbols:
                 metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
                 metrics.WEBSOCKET_DISCONNECTS.labels(symbol).inc()
+
+    def _act(self, gate: TradeGate, step: Step, out: list[SourceEvent]) -> None:
+        """Carry out what a trade gate decided: emit, request a page, report how it ended."""
+        symbol = gate.symbol
+        if step.emit:
+            out.extend(step.emit)
+        if step.backfilled:
+            metrics.TRADES_BACKFILLED.labels(symbol).inc(step.backfilled)
+        fetcher = self.trade_fetcher
+        if step.fetch_from is not None and fetcher is not None:
+            fetcher.request(symbol, gate.episode, step.fetch_from, step.delay_s)
+        if gate.filling:
+            self._filling[symbol] = gate
+            return
+        self._filling.pop(symbol, None)
+        if step.ended is None:
+            return
+        if fetcher is not None:
+            fetcher.cancel(symbol)
+        if step.failed:
+            metrics.TRADE_BACKFILL_FAILURES.labels(symbol, step.ended).inc()
+            lost = "an unknown number of" if step.missing is None else f"{step.missing}"
+            logger.warning(
+                "%s: trade backfill gave up (%s) after %d trades; %s trades missed while the "
+                "connection was down are lost; %d held live trades go on",
+                symbol, step.ended, gate.fetched, lost, len(step.emit) - step.backfilled,
+            )  # fmt: skip
+        elif gate.fetched:
+            logger.info("%s: backfilled %d trades missed while disconnected", symbol, gate.fetched)
+
+    def _expire_backfills(self, out: list[SourceEvent]) -> None:
+        now = time.monotonic()
+        for gate in list(self._filling.values()):
+            if now >= gate.deadline:
+                self._act(gate, gate.expire(now), out)
 
     @override
     def next_awake(self) -> datetime | None:
@@ -197,6 +280,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         for health in self._health.values():
             health.close()
         self.fetcher.stop()
+        if self.trade_fetcher is not None:
+            self.trade_fetcher.stop()
         if self._recorder is not None:
             self._recorder.close()
         for symbol in self.symbols:

@@ -293,3 +293,60 @@ def parse_snapshot(
         return FrameError(f"snapshot: invalid JSON: {exc}", _excerpt(body), symbol, recv_time)
     except ParseError as exc:
         return FrameError(f"snapshot: {exc}", _excerpt(body), symbol, recv_time)
+
+
+def parse_agg_trades(
+    symbol: str, body: str | bytes, recv_time: float, recv_ns: int = 0
+) -> tuple[Trade, ...] | FrameError:
+    """Parse a REST aggTrades body (``GET /fapi/v1/aggTrades`` or ``/api/v3/aggTrades``).
+
+    The body is a JSON array, oldest first; spot entries add ``"M"``::
+
+        [{"a":26129,"p":"0.01633102","q":"4.70443515","f":27781,"l":27781,"T":1498793709153,
+          "m":true}]
+
+    REST carries no event time, so each trade's event time is its trade time ``T``. Ids must rise
+    strictly; anything else is a :class:`FrameError` saying what was wrong and where.
+    """
+    try:
+        data = orjson.loads(body)
+        if isinstance(data, dict) and "code" in data and "msg" in data:
+            raise ParseError(f"server error {data.get('code')}: {data.get('msg')}")
+        if not isinstance(data, list):
+            raise ParseError(f"expected a JSON array; got {type(data).__name__}")
+        trades = []
+        last = -1
+        for i, item in enumerate(data):
+            trade = _rest_agg_trade(symbol, i, item, recv_time, recv_ns)
+            if trade.trade_id <= last:
+                raise ParseError(f"trade {i}: ids must rise; got a={trade.trade_id} after a={last}")
+            last = trade.trade_id
+            trades.append(trade)
+        return tuple(trades)
+    except orjson.JSONDecodeError as exc:
+        return FrameError(f"aggTrades: invalid JSON: {exc}", _excerpt(body), symbol, recv_time)
+    except ParseError as exc:
+        return FrameError(f"aggTrades: {exc}", _excerpt(body), symbol, recv_time)
+
+
+def _rest_agg_trade(symbol: str, i: int, item: Any, recv_time: float, recv_ns: int) -> Trade:
+    if not isinstance(item, dict):
+        raise ParseError(f"trade {i}: expected an object; got {type(item).__name__}")
+    try:
+        maker = item.get("m")
+        if type(maker) is not bool:
+            raise ParseError(f"field 'm' must be a boolean; got {maker!r}")
+        trade_time = _int(item, "T")
+        return Trade(
+            symbol=symbol,
+            trade_id=_int(item, "a"),
+            price=to_units(item.get("p")),  # type: ignore[arg-type]
+            quantity=to_units(item.get("q")),  # type: ignore[arg-type]
+            trade_time_ms=trade_time,
+            is_buyer_maker=maker,
+            event_time_ms=trade_time,
+            recv_time=recv_time,
+            recv_ns=recv_ns,
+        )
+    except ParseError as exc:
+        raise ParseError(f"trade {i}: {exc}") from None

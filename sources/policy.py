@@ -91,6 +91,22 @@ def snapshot_weight(market: Market, limit: int) -> int:
     return 5 if limit <= 100 else 25 if limit <= 500 else 50 if limit <= 1000 else 250
 
 
+AGG_TRADES_PAGE = 1000
+"""aggTrades per REST page (Binance's maximum)."""
+
+
+def agg_trades_url(rest_url: str, market: Market, symbol: str, from_id: int, limit: int) -> str:
+    """The REST aggTrades URL for the page of ``symbol`` starting at id ``from_id``."""
+    path = "/fapi/v1/aggTrades" if market is Market.FUTURES else "/api/v3/aggTrades"
+    query = urlencode({"symbol": symbol, "fromId": from_id, "limit": limit})
+    return f"{rest_url.rstrip('/')}{path}?{query}"
+
+
+def agg_trades_weight(market: Market) -> int:
+    """Request weight of an aggTrades page: 20 on USD-M Futures, 4 on spot (Binance's docs)."""
+    return 20 if market is Market.FUTURES else 4
+
+
 def jittered_delay(policy: ExponentialBackoff, failures: int, rng: random.Random) -> float:
     """Capped exponential backoff with full jitter, never below the policy's initial delay."""
     ceiling = policy.compute(max(failures, 1))

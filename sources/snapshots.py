@@ -104,6 +104,12 @@ class SnapshotFetcher:
         with self._cond:
             return len(self._pending)
 
+    def due(self) -> int:
+        """Symbols whose snapshot request is due now (it waits only for the weight budget)."""
+        now = time.monotonic()
+        with self._cond:
+            return sum(1 for not_before in self._pending.values() if not_before <= now)
+
     def _next(self) -> str | None:
         """Block until a symbol is due and the budget allows its request; None when stopping."""
         with self._cond:

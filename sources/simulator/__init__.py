@@ -3,8 +3,9 @@
 It imitates USD-M Futures (or, with ``market=Market.SPOT``, spot) on loopback: the routed WebSocket
 streams (``/public`` depth and bookTicker, ``/market`` aggTrade and markPrice, legacy paths that
 acknowledge and stay silent), live SUBSCRIBE, connection limits, pings, the REST depth snapshot
-with request weight, and faults injected on demand. It keeps its own book so a test can check a
-client's book against :meth:`Simulator.book_at`. Run ``python -m sources.simulator --help``.
+and aggTrades with request weight, and faults injected on demand. It keeps its own book so a
+test can check a client's book against :meth:`Simulator.book_at`. Run
+``python -m sources.simulator --help``.
 """
 
 from sources.simulator.config import SimulatorConfig

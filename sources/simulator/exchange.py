@@ -7,8 +7,10 @@ once; the server decides who gets them. Safe to query from another thread (one l
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -35,6 +37,7 @@ from sources.simulator.streams import (
 AGG_TRADE_MS = 100
 """USD-M Futures pushes aggTrade every 100 ms; spot pushes it as it happens (every tick here)."""
 MAX_TRADES_KEPT = 200_000
+"""Published aggTrades kept per symbol, for :meth:`Exchange.trades` and REST ``aggTrades``."""
 FUNDING_INTERVAL_MS = 8 * 3_600_000
 
 
@@ -274,8 +277,63 @@ class Exchange:
         with self._lock:
             return list(st.trades)
 
+    def agg_trades(
+        self,
+        symbol: str,
+        from_id: int | None = None,
+        start_ms: int | None = None,
+        end_ms: int | None = None,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """The REST ``aggTrades`` body for ``symbol``: published trades, oldest first.
+
+        As Binance: from ``from_id`` (inclusive) or from ``start_ms`` (trade time, inclusive),
+        up to ``end_ms`` (inclusive), at most ``limit``; with neither ``from_id`` nor ``start_ms``
+        the most recent ``limit`` ones (up to ``end_ms``). Only the last
+        :data:`MAX_TRADES_KEPT` trades are kept: older ids are answered from the oldest kept.
+        """
+        st = self._get(symbol)
+        sym = st.spec.symbol
+        pd, qd = self._price_dec[sym], self._qty_dec[sym]
+        with self._lock:
+            trades = st.trades
+            picked: list[Fill] = []
+            if from_id is not None or start_ms is not None:
+                if from_id is not None:
+                    start = bisect_left(trades, from_id, key=_agg_id)
+                else:
+                    start = bisect_left(trades, start_ms or 0, key=_trade_time)
+                for fill in islice(trades, start, None):
+                    if len(picked) >= limit or (end_ms is not None and fill.time_ms > end_ms):
+                        break
+                    if start_ms is None or fill.time_ms >= start_ms:
+                        picked.append(fill)
+            else:
+                stop = (
+                    len(trades) if end_ms is None else bisect_right(trades, end_ms, key=_trade_time)
+                )
+                picked = list(islice(trades, max(0, stop - limit), stop))
+        spot = self.market is Market.SPOT
+        body = []
+        for fill in picked:
+            item: dict[str, Any] = {"a": fill.agg_id, "p": fmt(fill.price, pd)}
+            item.update(q=fmt(fill.quantity, qd), f=fill.first_trade_id, l=fill.last_trade_id)
+            item.update(T=fill.time_ms, m=fill.is_buyer_maker)
+            if spot:
+                item["M"] = True
+            body.append(item)
+        return body
+
     def last_update_id(self, symbol: str) -> int:
         """The id of the newest update applied to ``symbol``'s book (maybe not yet published)."""
         st = self._get(symbol)
         with self._lock:
             return st.model.last_update_id
+
+
+def _agg_id(fill: Fill) -> int:
+    return fill.agg_id
+
+
+def _trade_time(fill: Fill) -> int:
+    return fill.time_ms

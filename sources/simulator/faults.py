@@ -37,6 +37,8 @@ class FaultConfig:
     """A REST depth snapshot is refused with 429 and ``Retry-After: 1`` (no weight is used)."""
     snapshot_lag: int = 0
     """REST depth snapshots show the book as of this many updates ago, not the latest."""
+    agg_trades_delay_s: float = 0.0
+    """Every REST aggTrades page is answered this many seconds late (taken when asked)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -60,6 +62,7 @@ _ALIASES = {
     "dup": "duplicate",
     "429": "snapshot_429",
     "snapshot_delay": "snapshot_delay_s",
+    "agg_trades_delay": "agg_trades_delay_s",
 }
 
 

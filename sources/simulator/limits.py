@@ -100,6 +100,12 @@ def spot_depth_weight(limit: int) -> int:
     return 250
 
 
+FUTURES_AGG_TRADES_WEIGHT = 20
+"""Request weight of ``GET /fapi/v1/aggTrades``, whatever the limit (Binance's docs)."""
+SPOT_AGG_TRADES_WEIGHT = 4
+"""Request weight of ``GET /api/v3/aggTrades`` (Binance's spot docs; it was 1, then 2)."""
+
+
 class MessageRate:
     """Incoming messages of one connection over the last second; over ``limit`` is a violation."""
 

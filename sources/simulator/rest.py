@@ -1,8 +1,8 @@
-"""The simulator's REST API: ``GET /fapi/v1/depth`` (or spot's ``/api/v3/depth``), ping and time.
+"""The simulator's REST API: depth snapshots, aggTrades, ping, time (``/fapi/v1`` or ``/api/v3``).
 
 A minimal HTTP/1.1 server (keep-alive, JSON bodies) on asyncio streams, with Binance's request
 weight accounting (``X-MBX-USED-WEIGHT-1M``, 429 then 418 with ``Retry-After``), its error bodies,
-and the snapshot faults (refusal, delay, lag).
+the snapshot faults (refusal, delay, lag) and late aggTrades answers.
 """
 
 from __future__ import annotations
@@ -21,10 +21,19 @@ from market_data.events import Market
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.exchange import Exchange
 from sources.simulator.faults import FaultConfig, snapshot_refused
-from sources.simulator.limits import WeightLimiter, futures_depth_weight, spot_depth_weight
+from sources.simulator.limits import (
+    FUTURES_AGG_TRADES_WEIGHT,
+    SPOT_AGG_TRADES_WEIGHT,
+    WeightLimiter,
+    futures_depth_weight,
+    spot_depth_weight,
+)
 
 Answer = tuple[int, dict[str, str], Any]
 """HTTP status, extra headers, JSON body."""
+
+MAX_TIME_RANGE_MS = 3_600_000
+"""aggTrades: ``startTime`` and ``endTime`` at most an hour apart."""
 
 
 class RestApi:
@@ -99,12 +108,15 @@ class RestApi:
         url = urlsplit(target)
         query = parse_qs(url.query)
         prefix = "/fapi/v1" if self.market is Market.FUTURES else "/api/v3"
-        if url.path not in (f"{prefix}/depth", f"{prefix}/ping", f"{prefix}/time"):
+        paths = ("depth", "aggTrades", "ping", "time")
+        if url.path not in {f"{prefix}/{p}" for p in paths}:
             return 404, {}, {"code": -1, "msg": f"Not found: {url.path}"}
         if method != "GET":
             return 405, {}, {"code": -1, "msg": f"Method {method} is not allowed."}
         if url.path.endswith("/depth"):
             return await self._depth(query, client)
+        if url.path.endswith("/aggTrades"):
+            return await self._agg_trades(query, client)
         verdict = self._limiter.check(client, 1, self._clock())
         extra = self._weight_headers(verdict.used_weight)
         if verdict.status != 200:
@@ -168,4 +180,41 @@ class RestApi:
         if faults.snapshot_delay_s > 0:
             self._counts["snapshot_delay"] += 1
             await asyncio.sleep(faults.snapshot_delay_s)
+        return 200, extra, body
+
+    async def _agg_trades(self, query: dict[str, list[str]], client: str) -> Answer:
+        symbol = (query.get("symbol") or [""])[0]
+        if not symbol:
+            msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+            return 400, {}, {"code": -1102, "msg": msg}
+        values: dict[str, int | None] = {}
+        for name in ("limit", "fromId", "startTime", "endTime"):
+            raw = query[name][0] if query.get(name) else None
+            if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 20):
+                msg = (
+                    f"Illegal characters found in parameter '{name}'; "
+                    "legal range is '^[0-9]{1,20}$'."
+                )
+                return 400, {}, {"code": -1100, "msg": msg}
+            values[name] = None if raw is None else int(raw)
+        limit = values["limit"] if values["limit"] is not None else 500
+        if limit < 1:
+            return 400, {}, {"code": -1130, "msg": "Data sent for parameter 'limit' is not valid."}
+        start, end = values["startTime"], values["endTime"]
+        if start is not None and end is not None and end - start > MAX_TIME_RANGE_MS:
+            msg = "More than 1 hours between startTime and endTime."
+            return 400, {}, {"code": -1127, "msg": msg}
+        futures = self.market is Market.FUTURES
+        weight = FUTURES_AGG_TRADES_WEIGHT if futures else SPOT_AGG_TRADES_WEIGHT
+        verdict = self._limiter.check(client, weight, self._clock())
+        extra = self._weight_headers(verdict.used_weight)
+        if verdict.status != 200:
+            return self._refused(verdict.status, verdict.retry_after_s, extra, client)
+        if symbol not in self._exchange.symbols:
+            return 400, extra, {"code": -1121, "msg": "Invalid symbol."}
+        self._counts["agg_trades"] += 1
+        body = self._exchange.agg_trades(symbol, values["fromId"], start, end, min(limit, 1000))
+        delay = self._faults().agg_trades_delay_s
+        if delay > 0:
+            await asyncio.sleep(delay)  # answered late, as taken: newer trades are not in it
         return 200, extra, body

@@ -1,4 +1,4 @@
-"""The simulator's servers: Binance-like WebSocket streams and REST depth, on loopback.
+"""The simulator's servers: Binance-like WebSocket streams and REST (depth, aggTrades) on loopback.
 
 Runs in its own thread with its own asyncio loop, so a test can use it in-process::
 
@@ -62,6 +62,7 @@ COUNT_NAMES = (
     "ws_connections",
     "too_many_messages",
     "lifetime_closed",
+    "agg_trades",
 )
 
 
@@ -267,6 +268,12 @@ class Simulator:
         """The REST snapshot URL of ``symbol``."""
         path = "/fapi/v1/depth" if self.market is Market.FUTURES else "/api/v3/depth"
         return f"{self.rest_url}{path}?symbol={symbol}&limit={limit}"
+
+    def agg_trades_url(self, symbol: str, **params: int) -> str:
+        """The REST aggTrades URL of ``symbol``, e.g. ``agg_trades_url("BTCUSDT", fromId=5)``."""
+        path = "/fapi/v1/aggTrades" if self.market is Market.FUTURES else "/api/v3/aggTrades"
+        query = "".join(f"&{k}={v}" for k, v in params.items())
+        return f"{self.rest_url}{path}?symbol={symbol}{query}"
 
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:

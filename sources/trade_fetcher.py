@@ -1,0 +1,148 @@
+"""Fetches REST aggTrades pages for trade backfills in a thread, paced by the shared weight budget.
+
+One page per request, one request per symbol at a time; the answer (trades or an error) goes back
+to the source partition as a :class:`~sources.backfill.Page`, whose gate decides what comes next
+(see :mod:`sources.backfill`). Requests share the snapshots' per-process weight budget, and a 429
+or 418 blocks every request of that budget for its ``Retry-After``. Books come first: while the
+partition has snapshot requests due, backfill requests wait (``defer``), and a backfill request is
+sent only while at most half of the budget is spent in the window (:data:`SNAPSHOT_SHARE`), so
+when reconnects are frequent enough to exhaust the budget, backfills give up at their deadline
+rather than take the weight the books' snapshots need.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+from market_data.events import FrameError, Market
+from sources.backfill import Page
+from sources.parse import parse_agg_trades
+from sources.policy import AGG_TRADES_PAGE, WeightBudget, agg_trades_url, agg_trades_weight
+from sources.snapshots import REQUEST_TIMEOUT_S, _retry_after
+
+logger = logging.getLogger(__name__)
+
+PageCallback = Callable[[Page], None]
+DEFER_POLL_S = 0.05
+SNAPSHOT_SHARE = 0.5
+"""The part of the shared weight budget that backfill requests leave to snapshots."""
+
+
+class TradeFetcher:
+    """Fetches the aggTrades pages :meth:`request`-ed, one at a time, in a thread."""
+
+    def __init__(
+        self,
+        rest_url: str,
+        market: Market,
+        budget: WeightBudget,
+        budget_lock: threading.Lock,
+        deliver: PageCallback,
+        defer: Callable[[], bool] | None = None,
+    ) -> None:
+        self.rest_url = rest_url
+        self.market = market
+        self.weight = agg_trades_weight(market)
+        share = int(budget.budget * SNAPSHOT_SHARE)
+        self._reserve = max(0, min(share, budget.budget - self.weight))
+        self._budget = budget
+        self._budget_lock = budget_lock
+        self._deliver = deliver
+        self._defer = defer  # True while requests must wait (snapshots due)
+        self._pending: dict[str, tuple[float, int, int]] = {}  # symbol -> (not before, ep, id)
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="trade-backfill", daemon=True)
+
+    def start(self) -> None:
+        """Start the fetching thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (a request in flight finishes or times out)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def request(self, symbol: str, episode: int, from_id: int, delay_s: float = 0.0) -> None:
+        """Ask for the page of ``symbol`` from ``from_id`` (replaces one not yet sent)."""
+        with self._cond:
+            self._pending[symbol] = (time.monotonic() + delay_s, episode, from_id)
+            self._cond.notify_all()
+
+    def cancel(self, symbol: str) -> None:
+        """Forget a request of ``symbol`` not yet sent."""
+        with self._cond:
+            self._pending.pop(symbol, None)
+
+    def _next(self) -> tuple[str, int, int] | None:
+        """Block until a request is due and the budget allows it; None when stopping."""
+        with self._cond:
+            while not self._stop:
+                if not self._pending:
+                    self._cond.wait()
+                    continue
+                symbol, (not_before, episode, from_id) = min(
+                    self._pending.items(), key=lambda kv: kv[1][0]
+                )
+                now = time.monotonic()
+                wait = not_before - now
+                if wait <= 0 and self._defer is not None and self._defer():
+                    wait = DEFER_POLL_S
+                elif wait <= 0:
+                    with self._budget_lock:
+                        wait = self._budget.delay(self.weight + self._reserve, now)
+                        if wait <= 0:
+                            self._budget.spend(self.weight, now)
+                            del self._pending[symbol]
+                            return symbol, episode, from_id
+                self._cond.wait(min(wait, 1.0))
+        return None
+
+    def _run(self) -> None:
+        while True:
+            job = self._next()
+            if job is None:
+                return
+            symbol, episode, from_id = job
+            try:
+                page = self._fetch(symbol, episode, from_id)
+            except Exception as exc:  # a bug here must not end the thread; the gate retries
+                logger.exception("aggTrades fetch for %s failed unexpectedly", symbol)
+                page = Page(symbol, episode, from_id, error=f"internal error: {exc}")
+            self._deliver(page)
+
+    def _fetch(self, symbol: str, episode: int, from_id: int) -> Page:
+        url = agg_trades_url(self.rest_url, self.market, symbol, from_id, AGG_TRADES_PAGE)
+        req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
+        try:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+                body = resp.read()
+                used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+        except urllib.error.HTTPError as exc:
+            body = exc.read() or b""
+            if exc.code in (418, 429):
+                retry_after = _retry_after(exc.headers.get("Retry-After"))
+                with self._budget_lock:
+                    self._budget.block(retry_after, time.monotonic())
+                logger.warning(
+                    "aggTrades %s: HTTP %d; every request waits %.1fs (Retry-After)",
+                    symbol, exc.code, retry_after,
+                )  # fmt: skip
+                return Page(symbol, episode, from_id, error=f"HTTP {exc.code}", rate_limited=True)
+            return Page(symbol, episode, from_id, error=f"HTTP {exc.code}: {body[:200]!r}")
+        except (OSError, urllib.error.URLError) as exc:
+            return Page(symbol, episode, from_id, error=f"{type(exc).__name__}: {exc}")
+        if used is not None and used.isdigit():
+            with self._budget_lock:
+                self._budget.observe_used(int(used), time.monotonic(), self.weight)
+        trades = parse_agg_trades(symbol, body, time.time(), time.perf_counter_ns())
+        if isinstance(trades, FrameError):
+            return Page(symbol, episode, from_id, error=trades.reason)
+        return Page(symbol, episode, from_id, trades)
