@@ -51,6 +51,7 @@ from market_data.options import BinanceFuturesOptions, OrderBookOptions
 from market_data.shutdown import reset as reset_shutdown
 from operators.orderbook import apply
 from sinks.shm import ShmSink
+from sources import parse
 from sources.binance import BinanceSource
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.faults import FaultConfig, parse_faults
@@ -255,6 +256,7 @@ class SoakReport:
     rss_kib_mid: int = 0
     rss_kib_end: int = 0
     rss_kib_after: int = 0
+    units_cache_entries: int = 0  # sources.parse's bounded price/quantity cache, at the end
     fds_start: int = 0
     fds_warm: int = 0
     fds_end: int = 0
@@ -357,6 +359,7 @@ def run_soak(
     for outcome, name in (("ok", "fetched"), ("rate_limited", "refused"), ("error", "failed")):
         done = fetches.get(outcome, 0.0) - fetches_before.get(outcome, 0.0)
         setattr(report, f"snapshots_{name}", int(done))
+    report.units_cache_entries = len(parse._UNITS_CACHE)
     del flow, books, src
     gc.collect()
     report.rss_kib_after, report.fds_after = rss_kib(), open_fds()
@@ -421,7 +424,9 @@ def format_report(r: SoakReport) -> str:
         ),
         f"  RSS MiB             start {r.rss_kib_start / mib:.1f}, after warm-up "
         f"{r.rss_kib_warm / mib:.1f}, half-way {r.rss_kib_mid / mib:.1f}, "
-        f"end {r.rss_kib_end / mib:.1f}, after the flow {r.rss_kib_after / mib:.1f}",
+        f"end {r.rss_kib_end / mib:.1f}, after the flow {r.rss_kib_after / mib:.1f} "
+        f"(price/quantity cache: {r.units_cache_entries:,} of at most "
+        f"{parse.UNITS_CACHE_MAX:,} entries)",
         f"  open descriptors    start {r.fds_start}, after warm-up {r.fds_warm}, "
         f"end {r.fds_end}, after the flow {r.fds_after}",
         f"  result              {'OK' if r.ok() else 'FAILED'}",
