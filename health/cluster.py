@@ -67,6 +67,11 @@ class Topology:
         return self.process_count > 1
 
     @property
+    def worker_count(self) -> int:
+        """Bytewax workers in the whole cluster: processes times workers per process."""
+        return self.process_count * self.workers_per_process
+
+    @property
     def serves(self) -> bool:
         """Whether the process serves the HTTP port (process 0 of a cluster, or the only one)."""
         return self.process_id == 0

@@ -1,6 +1,7 @@
 """Live Binance sources (``binance_futures``, ``binance_spot``): routed WebSockets plus snapshots.
 
-Symbols are spread over a few partitions; each partition owns its connections (split at 1,024
+Symbols are spread over a few partitions, each run by the worker that keeps its symbols' books
+(:mod:`market_data.placement`); each partition owns its connections (split at 1,024
 streams, routed ``/public`` for depth and ``/market`` for aggTrade on USD-M Futures) and a
 snapshot fetcher. Frames are stamped on receipt by the connection threads and parsed in
 ``next_batch`` on the bytewax worker. The source mirrors the book's sequence rules per symbol
@@ -26,11 +27,13 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from typing_extensions import override
 
 from health import metrics
+from health.cluster import detect
 from health.state import STATE
 from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
 from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent, Trade
 from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
+from market_data.placement import partition_names, place_symbols, worker_of_partition
 from market_data.shutdown import stop_requested
 from sources.backfill import Page, Step, TradeGate
 from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
@@ -59,12 +62,6 @@ def _recorder(path: str | None) -> RecordingWriter | None:
         if path not in _recorders:
             _recorders[path] = RecordingWriter(path)
         return _recorders[path]
-
-
-def split_symbols(symbols: list[str], partitions: int) -> list[list[str]]:
-    """Deal symbols round-robin into at most ``partitions`` non-empty groups."""
-    n = max(1, min(partitions, len(symbols)))
-    return [symbols[i::n] for i in range(n)]
 
 
 class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
@@ -288,35 +285,65 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
 
 
-class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
-    """Binance USD-M Futures or Spot depth + aggTrade for the configured symbols."""
+class _NoSymbols(StatefulSourcePartition[SourceEvent, None]):
+    """A partition of a worker that keeps none of the symbols' books: it ends at once."""
 
-    def __init__(self, options: BinanceOptions, market: Market) -> None:
+    @override
+    def next_batch(self) -> list[SourceEvent]:
+        raise StopIteration
+
+    @override
+    def snapshot(self) -> None:
+        return None
+
+
+class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
+    """Binance USD-M Futures or Spot depth + aggTrade for the configured symbols.
+
+    ``workers`` is the number of bytewax workers in the whole cluster: partition ``j`` (in sorted
+    order of the names) runs on worker ``j % workers`` and holds only symbols whose books are
+    kept there (see :func:`market_data.placement.place_symbols`).
+    """
+
+    def __init__(self, options: BinanceOptions, market: Market, workers: int = 1) -> None:
         self.options = options
         self.market = market
-        self.groups = split_symbols(list(options.symbols), options.partitions)
+        self.workers = workers
+        self.groups = place_symbols(list(options.symbols), workers, options.partitions)
+        self.names = partition_names(options.type, len(self.groups))
 
     @override
     def list_parts(self) -> list[str]:
-        return [f"{self.options.type}-{i}" for i in range(len(self.groups))]
+        return list(self.names)
 
     @override
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _BinancePartition:
-        group = self.groups[int(for_part.rsplit("-", 1)[1])]
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSourcePartition[SourceEvent, None]:
+        j = self.names.index(for_part)
+        group, worker = self.groups[j], worker_of_partition(j, self.workers)
+        if not group:
+            logger.info(
+                "%s: partition %s: no symbol's book is on worker %d; it ends at once",
+                step_id, for_part, worker,
+            )  # fmt: skip
+            return _NoSymbols()
         logger.info(
-            "%s: partition %s connects for %d symbols: %s",
-            step_id, for_part, len(group), ", ".join(group[:10]) + (" ..." * (len(group) > 10)),
+            "%s: partition %s (worker %d of %d) connects for %d symbols: %s",
+            step_id, for_part, worker, self.workers, len(group),
+            ", ".join(group[:10]) + (" ..." * (len(group) > 10)),
         )  # fmt: skip
         return _BinancePartition(self.options, self.market, group)
 
 
 def build_source(options: BinanceOptions, pipeline: PipelineConfig) -> BinanceSource:
     """Registry builder for ``binance_futures`` and ``binance_spot``."""
+    workers = detect().worker_count  # the books' placement follows it
     if isinstance(options, BinanceFuturesOptions):
-        return BinanceSource(options, Market.FUTURES)
+        return BinanceSource(options, Market.FUTURES, workers)
     if isinstance(options, BinanceSpotOptions):
-        return BinanceSource(options, Market.SPOT)
+        return BinanceSource(options, Market.SPOT, workers)
     raise TypeError(f"expected Binance futures or spot options; got {type(options).__name__}")
 
 
-__all__ = ["BinanceSource", "FrameError", "build_source", "split_symbols"]
+__all__ = ["BinanceSource", "FrameError", "build_source"]

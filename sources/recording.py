@@ -97,16 +97,21 @@ def encode_record(record: Record) -> bytes:
     return orjson.dumps(obj) + b"\n"
 
 
-def read_records(path: str | Path) -> Iterator[Record | ParseError]:
-    """Yield each record of a recording in order, or a :class:`ParseError` for a bad line."""
+def read_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """Yield each non-blank line of a recording with its line number, not decoded yet."""
     with _open(path, "rb") as fh:
         for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield decode_record(line)
-            except ParseError as exc:
-                yield ParseError(f"{path}:{lineno}: {exc}")
+            if line.strip():
+                yield lineno, line
+
+
+def read_records(path: str | Path) -> Iterator[Record | ParseError]:
+    """Yield each record of a recording in order, or a :class:`ParseError` for a bad line."""
+    for lineno, line in read_lines(path):
+        try:
+            yield decode_record(line)
+        except ParseError as exc:
+            yield ParseError(f"{path}:{lineno}: {exc}")
 
 
 class RecordingWriter:
