@@ -97,8 +97,8 @@ def test_requests_wait_while_snapshots_are_due_and_a_cancelled_one_is_never_sent
         f.stop()
 
 
-@pytest.mark.parametrize(("spent_by_snapshots", "sent"), [(20, True), (40, False)])
-def test_half_of_the_budget_is_left_to_snapshots(
+@pytest.mark.parametrize(("spent_by_snapshots", "sent"), [(50, True), (60, False)])
+def test_a_quarter_of_the_budget_is_left_to_snapshots(
     sim: Any, spent_by_snapshots: int, sent: bool
 ) -> None:
     budget = WeightBudget(100, 60.0)
@@ -111,6 +111,6 @@ def test_half_of_the_budget_is_left_to_snapshots(
             got = True
         except queue.Empty:
             got = False
-        assert got is sent  # 20 + 20 fits under 100 - 50; 40 + 20 does not
+        assert got is sent  # 50 + 20 fits under 100 - 25; 60 + 20 does not
     finally:
         f.stop()
