@@ -58,6 +58,12 @@ SINK_BUFFER_DEPTH = Gauge(
     ["sink"],
     multiprocess_mode="livesum",  # partitions report deltas, so they add up
 )
+SOURCE_BACKLOG = Gauge(
+    "source_backlog",
+    "Frames, snapshots and connection events a source partition received and has not processed",
+    ["partition"],
+    multiprocess_mode="livemax",  # one partition lives in one process
+)
 SINK_DROPS = Counter("sink_drops", "Items a sink had to drop (overflow)", ["sink", "type"])
 SNAPSHOT_FETCHES = Counter(
     "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]

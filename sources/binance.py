@@ -67,11 +67,16 @@ def _recorder(path: str | None) -> RecordingWriter | None:
 class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
     """A group of symbols: its connections, snapshot fetcher and per-symbol trackers."""
 
-    def __init__(self, options: BinanceOptions, market: Market, symbols: list[str]) -> None:
+    def __init__(
+        self, options: BinanceOptions, market: Market, symbols: list[str], name: str = ""
+    ) -> None:
         self.options = options
         self.market = market
         self.symbols = symbols
         self._queue: deque[tuple[Any, ...]] = deque()  # appended by threads, drained here
+        # What is left in the queue after a batch: grows when the flow falls behind the feed.
+        self._backlog = metrics.SOURCE_BACKLOG.labels(name or ",".join(symbols[:3]))
+        self._backlog_reported = 0
         self._trackers = {s: SequenceTracker(market) for s in symbols}
         self._recorder = _recorder(options.record)
         backoff = ExponentialBackoff.from_ms(
@@ -198,6 +203,9 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 self._on_conn(item[1], out)
         if out:
             STATE.processed_at = time.time()
+        if len(queue) != self._backlog_reported:
+            self._backlog_reported = len(queue)
+            self._backlog.set(self._backlog_reported)
         self._awake = (
             None if out or self._poll.total_seconds() == 0 else datetime.now(UTC) + self._poll
         )
@@ -283,6 +291,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             self._recorder.close()
         for symbol in self.symbols:
             metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
+        self._backlog.set(0)
 
 
 class _NoSymbols(StatefulSourcePartition[SourceEvent, None]):
@@ -333,7 +342,7 @@ class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
             step_id, for_part, worker, self.workers, len(group),
             ", ".join(group[:10]) + (" ..." * (len(group) > 10)),
         )  # fmt: skip
-        return _BinancePartition(self.options, self.market, group)
+        return _BinancePartition(self.options, self.market, group, for_part)
 
 
 def build_source(options: BinanceOptions, pipeline: PipelineConfig) -> BinanceSource:

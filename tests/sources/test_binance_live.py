@@ -272,3 +272,26 @@ def test_a_backfill_that_cannot_finish_gives_up_and_trades_go_on() -> None:
     assert ids == sorted(set(ids)), "once each, in id order"
     time_of = {f.agg_id: f.time_ms for f in fills}
     assert time_of[ids[-1]] >= end_ms - 1500, "trades kept flowing until the flow ended"
+
+
+def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
+    # A flow that falls behind the feed shows it in source_backlog before latency explodes.
+    with Simulator(SimulatorConfig(symbols=("BTCUSDT",), rate=20)) as sim:
+        options = BinanceFuturesOptions(
+            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url
+        )
+        source = BinanceSource(options, Market.FUTURES)
+        (name,) = source.list_parts()
+        part = source.build_part("s", name, None)
+        try:
+            frame = '{"stream":"x@aggTrade","data":{"e":"kline","s":"BTCUSDT"}}'
+            for _ in range(2_500):  # what a stalled worker would leave behind
+                part._on_frame(0.0, 0, "ws://x", frame)  # type: ignore[attr-defined]
+            part.next_batch()  # at most MAX_BATCH items per batch
+            assert counter("source_backlog", partition=name) >= 500
+            while part.next_batch():
+                pass
+            assert counter("source_backlog", partition=name) == 0
+        finally:
+            part.close()
+        assert counter("source_backlog", partition=name) == 0
