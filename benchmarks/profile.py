@@ -10,7 +10,6 @@ Start-up (imports, building the flow) is included: a larger ``--updates`` makes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -19,8 +18,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from benchmarks import core
-from benchmarks.run import ROOT, sink_yaml, write_recordings
+from benchmarks.run import ROOT, replay_config, write_recordings
 from benchmarks.streams import generate
 
 
@@ -68,17 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         paths = write_recordings(streams, folder)
         config = folder / "profile.yaml"
-        config.write_text(
-            f"""service:
-  health: {{enabled: false}}
-  logging: {{level: WARNING}}
-pipelines:
-  - name: profile
-    source: {{type: replay, path: {json.dumps(paths)}}}
-    operators: [{{type: orderbook, depth: {core.DEPTH}}}]
-    sinks: {sink_yaml(args.sink, folder)}
-"""
-        )
+        config.write_text(replay_config(paths, args.sink, folder, name="profile"))
         out = folder / "samples.txt"
         cmd = [py_spy, "record", "-r", str(args.rate), "-f", "raw", "-o", str(out), "--"]
         cmd += [sys.executable, "-m", "bytewax.run", "flows.main"]

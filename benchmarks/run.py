@@ -100,20 +100,23 @@ def sink_yaml(sink: str, folder: Path) -> str:
     raise ValueError(sink)
 
 
-def run_flow(paths: list[str], sink: str, topology: str, folder: Path) -> tuple[float, float]:
-    """Run the dataflow once; return (seconds, peak RSS MiB of the largest process)."""
-    config = folder / f"bench-{sink}-{topology}.yaml"
-    config.write_text(
-        f"""service:
+def replay_config(paths: list[str], sink: str, folder: Path, name: str = "bench") -> str:
+    """A pipelines.yaml replaying ``paths`` into ``sink``, with no sidecar and quiet logs."""
+    return f"""service:
   health: {{enabled: false}}
   logging: {{level: WARNING}}
 pipelines:
-  - name: bench
+  - name: {name}
     source: {{type: replay, path: {json.dumps(paths)}}}
     operators: [{{type: orderbook, depth: {core.DEPTH}}}]
     sinks: {sink_yaml(sink, folder)}
 """
-    )
+
+
+def run_flow(paths: list[str], sink: str, topology: str, folder: Path) -> tuple[float, float]:
+    """Run the dataflow once; return (seconds, peak RSS MiB of the largest process)."""
+    config = folder / f"bench-{sink}-{topology}.yaml"
+    config.write_text(replay_config(paths, sink, folder))
     if topology == "1 worker":
         cmd = [sys.executable, "-m", "bytewax.run", "flows.main"]
     elif topology == "2 workers":
