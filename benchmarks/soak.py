@@ -27,6 +27,7 @@ import os
 import sys
 import threading
 import time
+import tracemalloc
 from array import array
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
@@ -201,11 +202,17 @@ class CheckSink(DynamicSink[OutputEvent]):
 
 
 class Sampler:
-    """Samples RSS and open descriptors every ``every_s`` seconds in a thread."""
+    """Samples RSS and open descriptors every ``every_s`` seconds in a thread.
 
-    def __init__(self, every_s: float = 2.0) -> None:
+    With ``trace_after_s``, also takes a tracemalloc snapshot at the first sample past that time
+    (tracemalloc must be tracing), to compare with one taken at the end.
+    """
+
+    def __init__(self, every_s: float = 2.0, trace_after_s: float | None = None) -> None:
         self.every_s = every_s
         self.samples: list[tuple[float, int, int]] = []  # (seconds, rss KiB, fds)
+        self.trace_after_s = trace_after_s
+        self.traced: tracemalloc.Snapshot | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sampler", daemon=True)
         self._t0 = time.monotonic()
@@ -219,7 +226,26 @@ class Sampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
-            self.samples.append((time.monotonic() - self._t0, rss_kib(), open_fds()))
+            elapsed = time.monotonic() - self._t0
+            self.samples.append((elapsed, rss_kib(), open_fds()))
+            after = self.trace_after_s
+            if after is not None and self.traced is None and elapsed >= after:
+                self.traced = tracemalloc.take_snapshot()
+
+
+def memory_growth(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 8
+) -> list[str]:
+    """The source lines whose live allocations grew most between two snapshots."""
+    ignore = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    stats = after.filter_traces(ignore).compare_to(before.filter_traces(ignore), "lineno")
+    lines = [
+        f"{st.size_diff / 1024:+9.1f} KiB {st.count_diff:+8d} blocks  "
+        f"{st.traceback[0].filename.rsplit('site-packages/', 1)[-1]}:{st.traceback[0].lineno}"
+        for st in sorted(stats, key=lambda st: st.size_diff, reverse=True)[:top]
+    ]
+    total = sum(st.size_diff for st in stats)
+    return [f"{total / 1024:+9.1f} KiB in all traced allocations", *lines]
 
 
 @dataclass
@@ -257,6 +283,7 @@ class SoakReport:
     rss_kib_end: int = 0
     rss_kib_after: int = 0
     units_cache_entries: int = 0  # sources.parse's bounded price/quantity cache, at the end
+    memory_growth: list[str] = field(default_factory=list)  # --trace-memory: warm-up to end
     fds_start: int = 0
     fds_warm: int = 0
     fds_end: int = 0
@@ -302,8 +329,14 @@ def run_soak(
     seed: int = 1,
     workers: int = 1,
     warmup_s: float | None = None,
+    trace_memory: bool = False,
 ) -> SoakReport:
-    """Run the flow for ``seconds`` against a faulty simulator; return the figures."""
+    """Run the flow for ``seconds`` against a faulty simulator; return the figures.
+
+    ``trace_memory`` runs tracemalloc (slower) and reports which source lines' allocations grew
+    between the end of the warm-up and the end of the run.
+    """
+    warm = warmup_s if warmup_s is not None else min(60.0, seconds / 5)
     names = [f"SOAK{i:02d}USDT" for i in range(symbols)]
     fault_config = parse_faults(faults) if faults else FaultConfig()
     config = SimulatorConfig(
@@ -318,7 +351,9 @@ def run_soak(
     report = SoakReport(seconds, symbols, rate, faults)
     gc.collect()
     report.rss_kib_start, report.fds_start = rss_kib(), open_fds()
-    sampler = Sampler()
+    if trace_memory:
+        tracemalloc.start()
+    sampler = Sampler(trace_after_s=warm if trace_memory else None)
     reset_shutdown()
     fetches_before = snapshot_fetches()
     backfilled_before = counter_sums("trades_backfilled")
@@ -346,6 +381,12 @@ def run_soak(
         else:
             cluster_main(flow, [], 0, worker_count_per_proc=workers)
         sampler.stop()
+        if trace_memory:
+            gc.collect()
+            end = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            if sampler.traced is not None:
+                report.memory_growth = memory_growth(sampler.traced, end)
         checker.close()
         _trade_figures(checker, sim, report)
         report.sim_counts = {k: v for k, v in sim.counts().items() if v}
@@ -364,7 +405,6 @@ def run_soak(
     gc.collect()
     report.rss_kib_after, report.fds_after = rss_kib(), open_fds()
 
-    warm = warmup_s if warmup_s is not None else min(60.0, seconds / 5)
     samples = sampler.samples or [(0.0, report.rss_kib_start, report.fds_start)]
     after_warm = [s for s in samples if s[0] >= warm] or samples[-1:]
     report.rss_kib_warm, report.fds_warm = after_warm[0][1], after_warm[0][2]
@@ -429,6 +469,12 @@ def format_report(r: SoakReport) -> str:
         f"{parse.UNITS_CACHE_MAX:,} entries)",
         f"  open descriptors    start {r.fds_start}, after warm-up {r.fds_warm}, "
         f"end {r.fds_end}, after the flow {r.fds_after}",
+        *(
+            ["  memory growth after the warm-up, by line (tracemalloc):"]
+            + [f"      {line}" for line in r.memory_growth]
+            if r.memory_growth
+            else []
+        ),
         f"  result              {'OK' if r.ok() else 'FAILED'}",
     ]
     return "\n".join(lines)
@@ -446,10 +492,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.add_argument("--log-level", default="ERROR", help="the flow's log level (default ERROR)")
+    p.add_argument(
+        "--warmup-seconds", type=float, default=None, help="default: a fifth, at most 60 s"
+    )
+    p.add_argument(
+        "--trace-memory",
+        action="store_true",
+        help="trace allocations (slower) and print the lines that grew after the warm-up",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
-    report = run_soak(seconds, args.symbols, args.rate, args.faults, args.seed, args.workers)
+    report = run_soak(
+        seconds,
+        args.symbols,
+        args.rate,
+        args.faults,
+        args.seed,
+        args.workers,
+        warmup_s=args.warmup_seconds,
+        trace_memory=args.trace_memory,
+    )
     print(format_report(report))
     if args.json:
         with open(args.json, "wb") as fh:
