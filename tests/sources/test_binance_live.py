@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -295,3 +296,30 @@ def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
         finally:
             part.close()
         assert counter("source_backlog", partition=name) == 0
+
+
+@pytest.mark.parametrize("poll_ms", [0.0, 5.0])
+def test_an_idle_partition_polls_again_at_once_only_when_busy_polling(poll_ms: float) -> None:
+    # bytewax waits 1 ms after an empty batch when next_awake is None, so busy polling must
+    # give a time already past (it once cost ~0.7 ms of latency per frame); a poll interval
+    # gives a time that far ahead.
+    with Simulator(SimulatorConfig(symbols=("BTCUSDT",), rate=20)) as sim:
+        options = BinanceFuturesOptions(
+            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url, poll_interval_ms=poll_ms
+        )
+        source = BinanceSource(options, Market.FUTURES)
+        (name,) = source.list_parts()
+        part = source.build_part("s", name, None)
+        try:
+            part._on_frame(0.0, 0, "ws://x", '{"e":"kline","s":"BTCUSDT"}')  # type: ignore[attr-defined]
+            assert part.next_batch() and part.next_awake() is None  # more may be waiting
+            while part.next_batch():
+                pass
+            awake, now = part.next_awake(), datetime.now(UTC)
+            assert awake is not None
+            if poll_ms:
+                assert now < awake <= now + timedelta(milliseconds=poll_ms)
+            else:
+                assert awake < now
+        finally:
+            part.close()
