@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import NamedTuple
 
 from health import metrics
 from market_data.backoff import ExponentialBackoff
@@ -40,6 +41,40 @@ def shared_budget(
         if key not in _budgets:
             _budgets[key] = WeightBudget(budget, window_s, ip_limit)
         return _budgets[key], _budgets_lock
+
+
+class Answer(NamedTuple):
+    """A REST answer; ``retry_after`` is set for a 418 or 429 (the budget is then blocked)."""
+
+    status: int
+    body: bytes
+    retry_after: float | None = None
+
+
+def weighted_get(url: str, budget: WeightBudget, lock: threading.Lock, weight: int) -> Answer:
+    """GET ``url``, a request of ``weight`` on ``budget``, keeping the budget honest.
+
+    A 418 or 429 blocks every request of the budget for its ``Retry-After``; the server's
+    ``X-MBX-USED-WEIGHT-1M`` is compared with the exchange's IP limit. Raises :class:`OSError`
+    (``URLError``) when no answer came.
+    """
+    req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
+            body, status = resp.read(), resp.status
+            used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
+    except urllib.error.HTTPError as exc:
+        body = exc.read() or b""
+        if exc.code not in (418, 429):
+            return Answer(exc.code, body)
+        retry_after = _retry_after(exc.headers.get("Retry-After"))
+        with lock:
+            budget.block(retry_after, time.monotonic())
+        return Answer(exc.code, body, retry_after)
+    if used is not None and used.isdigit():
+        with lock:
+            budget.observe_used(int(used), time.monotonic(), weight)
+    return Answer(status, body)
 
 
 SnapshotCallback = Callable[[DepthSnapshot | FrameError], None]
@@ -146,37 +181,26 @@ class SnapshotFetcher:
 
     def _fetch(self, symbol: str) -> None:
         url = snapshot_url(self.rest_url, self.market, symbol, self.limit)
-        req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
         started = time.monotonic()
         try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-                body = resp.read()
-                status = resp.status
-                used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
-        except urllib.error.HTTPError as exc:
-            body = exc.read() or b""
-            status = exc.code
-            self._record(url, status, body)
-            if status in (418, 429):
-                retry_after = _retry_after(exc.headers.get("Retry-After"))
-                with self._budget_lock:
-                    self._budget.block(retry_after, time.monotonic())
-                metrics.SNAPSHOT_FETCHES.labels(symbol, "rate_limited").inc()
-                logger.warning(
-                    "snapshot %s: HTTP %d (%s); every request waits %.1fs (Retry-After)",
-                    symbol, status, "rate limited" if status == 429 else "IP banned", retry_after,
-                )  # fmt: skip
-                self.request(symbol, f"HTTP {status}")
-                return
-            self._fail(symbol, f"HTTP {status}: {body[:200]!r}")
-            return
+            status, body, retry_after = weighted_get(
+                url, self._budget, self._budget_lock, self.weight
+            )
         except (OSError, urllib.error.URLError) as exc:
             self._fail(symbol, f"{type(exc).__name__}: {exc}")
             return
         self._record(url, status, body)
-        if used is not None and used.isdigit():
-            with self._budget_lock:
-                self._budget.observe_used(int(used), time.monotonic(), self.weight)
+        if retry_after is not None:
+            metrics.SNAPSHOT_FETCHES.labels(symbol, "rate_limited").inc()
+            logger.warning(
+                "snapshot %s: HTTP %d (%s); every request waits %.1fs (Retry-After)",
+                symbol, status, "rate limited" if status == 429 else "IP banned", retry_after,
+            )  # fmt: skip
+            self.request(symbol, f"HTTP {status}")
+            return
+        if status >= 400:
+            self._fail(symbol, f"HTTP {status}: {body[:200]!r}")
+            return
         event = parse_snapshot(symbol, body, time.time(), time.perf_counter_ns())
         if isinstance(event, FrameError):
             self._fail(symbol, event.reason)

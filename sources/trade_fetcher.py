@@ -17,14 +17,13 @@ import logging
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from market_data.events import FrameError, Market
 from sources.backfill import Page
 from sources.parse import parse_agg_trades
 from sources.policy import AGG_TRADES_PAGE, WeightBudget, agg_trades_url, agg_trades_weight
-from sources.snapshots import REQUEST_TIMEOUT_S, _retry_after
+from sources.snapshots import weighted_get
 
 logger = logging.getLogger(__name__)
 
@@ -127,28 +126,20 @@ class TradeFetcher:
 
     def _fetch(self, symbol: str, episode: int, from_id: int) -> Page:
         url = agg_trades_url(self.rest_url, self.market, symbol, from_id, AGG_TRADES_PAGE)
-        req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
         try:
-            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
-                body = resp.read()
-                used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
-        except urllib.error.HTTPError as exc:
-            body = exc.read() or b""
-            if exc.code in (418, 429):
-                retry_after = _retry_after(exc.headers.get("Retry-After"))
-                with self._budget_lock:
-                    self._budget.block(retry_after, time.monotonic())
-                logger.warning(
-                    "aggTrades %s: HTTP %d; every request waits %.1fs (Retry-After)",
-                    symbol, exc.code, retry_after,
-                )  # fmt: skip
-                return Page(symbol, episode, from_id, error=f"HTTP {exc.code}", rate_limited=True)
-            return Page(symbol, episode, from_id, error=f"HTTP {exc.code}: {body[:200]!r}")
+            status, body, retry_after = weighted_get(
+                url, self._budget, self._budget_lock, self.weight
+            )
         except (OSError, urllib.error.URLError) as exc:
             return Page(symbol, episode, from_id, error=f"{type(exc).__name__}: {exc}")
-        if used is not None and used.isdigit():
-            with self._budget_lock:
-                self._budget.observe_used(int(used), time.monotonic(), self.weight)
+        if retry_after is not None:
+            logger.warning(
+                "aggTrades %s: HTTP %d; every request waits %.1fs (Retry-After)",
+                symbol, status, retry_after,
+            )  # fmt: skip
+            return Page(symbol, episode, from_id, error=f"HTTP {status}", rate_limited=True)
+        if status >= 400:
+            return Page(symbol, episode, from_id, error=f"HTTP {status}: {body[:200]!r}")
         trades = parse_agg_trades(symbol, body, time.time(), time.perf_counter_ns())
         if isinstance(trades, FrameError):
             return Page(symbol, episode, from_id, error=trades.reason)
