@@ -118,11 +118,7 @@ def _export_metrics(
     m: _Metrics, values: list[SourceEvent], out: list[OutputEvent], health: BookHealth | None
 ) -> None:
     symbol = m.symbol
-    if len(values) == 1:
-        kinds: dict[str, int] = {_kind(values[0]): 1}
-    else:
-        kinds = Counter(_kind(v) for v in values)
-    for kind, n in kinds.items():
+    for kind, n in Counter(map(_kind, values)).items():
         if kind == "error":
             m.errors.inc(n)
             for v in values:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -275,27 +278,34 @@ def test_a_backfill_that_cannot_finish_gives_up_and_trades_go_on() -> None:
     assert time_of[ids[-1]] >= end_ms - 1500, "trades kept flowing until the flow ended"
 
 
-def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
-    # A flow that falls behind the feed shows it in source_backlog before latency explodes.
+@contextmanager
+def one_partition(**opts: Any) -> Iterator[tuple[str, Any]]:
+    """The one source partition of BTCUSDT on a quiet simulator: (its name, the partition)."""
     with Simulator(SimulatorConfig(symbols=("BTCUSDT",), rate=20)) as sim:
         options = BinanceFuturesOptions(
-            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url
+            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url, **opts
         )
         source = BinanceSource(options, Market.FUTURES)
         (name,) = source.list_parts()
         part = source.build_part("s", name, None)
         try:
-            frame = '{"stream":"x@aggTrade","data":{"e":"kline","s":"BTCUSDT"}}'
-            for _ in range(2_500):  # what a stalled worker would leave behind
-                part._on_frame(0.0, 0, "ws://x", frame)  # type: ignore[attr-defined]
-            part.next_batch()  # at most MAX_BATCH items per batch
-            assert counter("source_backlog", partition=name) >= 500
-            while part.next_batch():
-                pass
-            assert counter("source_backlog", partition=name) == 0
+            yield name, part
         finally:
             part.close()
+
+
+def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
+    # A flow that falls behind the feed shows it in source_backlog before latency explodes.
+    with one_partition() as (name, part):
+        frame = '{"stream":"x@aggTrade","data":{"e":"kline","s":"BTCUSDT"}}'
+        for _ in range(2_500):  # what a stalled worker would leave behind
+            part._on_frame(0.0, 0, "ws://x", frame)
+        part.next_batch()  # at most MAX_BATCH items per batch
+        assert counter("source_backlog", partition=name) >= 500
+        while part.next_batch():
+            pass
         assert counter("source_backlog", partition=name) == 0
+    assert counter("source_backlog", partition=name) == 0
 
 
 @pytest.mark.parametrize("poll_ms", [0.0, 5.0])
@@ -303,23 +313,14 @@ def test_an_idle_partition_polls_again_at_once_only_when_busy_polling(poll_ms: f
     # bytewax waits 1 ms after an empty batch when next_awake is None, so busy polling must
     # give a time already past (it once cost ~0.7 ms of latency per frame); a poll interval
     # gives a time that far ahead.
-    with Simulator(SimulatorConfig(symbols=("BTCUSDT",), rate=20)) as sim:
-        options = BinanceFuturesOptions(
-            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url, poll_interval_ms=poll_ms
-        )
-        source = BinanceSource(options, Market.FUTURES)
-        (name,) = source.list_parts()
-        part = source.build_part("s", name, None)
-        try:
-            part._on_frame(0.0, 0, "ws://x", '{"e":"kline","s":"BTCUSDT"}')  # type: ignore[attr-defined]
-            assert part.next_batch() and part.next_awake() is None  # more may be waiting
-            while part.next_batch():
-                pass
-            awake, now = part.next_awake(), datetime.now(UTC)
-            assert awake is not None
-            if poll_ms:
-                assert now < awake <= now + timedelta(milliseconds=poll_ms)
-            else:
-                assert awake < now
-        finally:
-            part.close()
+    with one_partition(poll_interval_ms=poll_ms) as (_, part):
+        part._on_frame(0.0, 0, "ws://x", '{"e":"kline","s":"BTCUSDT"}')
+        assert part.next_batch() and part.next_awake() is None  # more may be waiting
+        while part.next_batch():
+            pass
+        awake, now = part.next_awake(), datetime.now(UTC)
+        assert awake is not None
+        if poll_ms:
+            assert now < awake <= now + timedelta(milliseconds=poll_ms)
+        else:
+            assert awake < now
