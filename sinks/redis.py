@@ -173,7 +173,6 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         self._outage_dropped = 0
         self._overflow_logged = False
         self._depth_reported = 0
-        self._names: dict[tuple[str, str], str] = {}
         self._heads_cache: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         self._logged: set[tuple[str, str]] = set()
         self._publishes: dict[tuple[str, str], Counter] = {}
@@ -229,17 +228,11 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             )
         return Pending(item, self._targets)
 
-    def _name(self, kind: str, symbol: str) -> str:
-        name = self._names.get((kind, symbol))
-        if name is None:
-            name = self._names[kind, symbol] = channel(self._options.channel_prefix, kind, symbol)
-        return name
-
     def _heads(self, kind: str, symbol: str) -> tuple[bytes, bytes]:
         """The packed start of this name's ``XADD`` (up to its entry id) and ``PUBLISH``."""
         heads = self._heads_cache.get((kind, symbol))
         if heads is None:
-            name = self._name(kind, symbol).encode()
+            name = channel(self._options.channel_prefix, kind, symbol).encode()
             maxlen = str(self._options.stream_maxlen).encode()
             xadd = b"*8\r\n" + _bulk(b"XADD") + _bulk(name) + _bulk(b"MAXLEN") + _bulk(b"~")
             heads = self._heads_cache[kind, symbol] = (
