@@ -137,7 +137,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             for plan in self.plans
         }
         self.connections = [
-            WsConnection(plan, settings, self._on_frame, self._on_state, rng) for plan in self.plans
+            WsConnection(plan, settings, self._on_frames, self._on_state, rng)
+            for plan in self.plans
         ]
         self._health = {plan: STATE.connection(options.type, plan.symbols) for plan in self.plans}
         self._poll = timedelta(milliseconds=options.poll_interval_ms)
@@ -149,11 +150,13 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         for conn in self.connections:
             conn.start()
 
-    def _on_frame(self, recv_time: float, recv_ns: int, url: str, text: str) -> None:
-        self._queue.append((_FRAME, recv_time, recv_ns, text))
+    def _on_frames(self, recv_time: float, recv_ns: int, url: str, texts: list[str]) -> None:
+        """Frames that one read of a connection's socket completed (called by its thread)."""
+        self._queue.extend([(_FRAME, recv_time, recv_ns, text) for text in texts])
         STATE.received_at = recv_time  # for stall detection: received, not yet processed
         if self._recorder is not None:
-            self._recorder.ws(recv_time, url, text)
+            for text in texts:
+                self._recorder.ws(recv_time, url, text)
 
     def _on_state(self, event: ConnEvent) -> None:
         self._queue.append((_CONN, event))

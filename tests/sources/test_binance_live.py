@@ -298,8 +298,7 @@ def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
     # A flow that falls behind the feed shows it in source_backlog before latency explodes.
     with one_partition() as (name, part):
         frame = '{"stream":"x@aggTrade","data":{"e":"kline","s":"BTCUSDT"}}'
-        for _ in range(2_500):  # what a stalled worker would leave behind
-            part._on_frame(0.0, 0, "ws://x", frame)
+        part._on_frames(0.0, 0, "ws://x", [frame] * 2_500)  # what a stalled worker leaves
         part.next_batch()  # at most MAX_BATCH items per batch
         assert counter("source_backlog", partition=name) >= 500
         while part.next_batch():
@@ -314,7 +313,7 @@ def test_an_idle_partition_polls_again_at_once_only_when_busy_polling(poll_ms: f
     # give a time already past (it once cost ~0.7 ms of latency per frame); a poll interval
     # gives a time that far ahead.
     with one_partition(poll_interval_ms=poll_ms) as (_, part):
-        part._on_frame(0.0, 0, "ws://x", '{"e":"kline","s":"BTCUSDT"}')
+        part._on_frames(0.0, 0, "ws://x", ['{"e":"kline","s":"BTCUSDT"}'])
         assert part.next_batch() and part.next_awake() is None  # more may be waiting
         while part.next_batch():
             pass

@@ -55,7 +55,7 @@ def connect(url: str, **settings: float) -> tuple[WsConnection, list[str], list[
     conn = WsConnection(
         plan,
         ConnectionSettings(backoff=ExponentialBackoff(0.2, 0.4), **settings),
-        lambda t, ns, u, text: frames.append(text),
+        lambda t, ns, u, texts: frames.extend(texts),
         events.append,
     )
     conn.start()
@@ -122,3 +122,68 @@ def test_an_unreachable_server_is_retried_without_raising():
     finally:
         conn.stop()
     assert all(e.state is ConnState.DISCONNECTED for e in events)
+
+
+def test_pings_are_answered_and_fragmented_messages_arrive_whole():
+    answered: list[bool] = []
+
+    async def talk(ws: ServerConnection) -> None:
+        waiter = await ws.ping(b"are you there")
+        try:
+            await asyncio.wait_for(waiter, 2)  # Binance drops a connection that does not answer
+            answered.append(True)
+        except TimeoutError:
+            answered.append(False)
+        await ws.send(['{"part":', "1", "}"])  # one text message in three frames
+        await ws.wait_closed()
+
+    with ws_server(talk) as (url, _):
+        conn, frames, _ = connect(url)
+        try:
+            wait_for(lambda: len(frames) == 1)
+        finally:
+            conn.stop()
+    assert answered == [True]
+    assert frames == ['{"part":1}']
+
+
+def test_the_servers_close_code_is_the_reason_and_stop_closes_properly():
+    codes: list[int | None] = []
+
+    async def talk(ws: ServerConnection) -> None:
+        if len(codes) == 0:
+            codes.append(None)
+            await ws.close(1008, "too many requests")  # the first connection is refused
+            return
+        await ws.send('{"n":1}')
+        await ws.wait_closed()
+        codes.append(ws.close_code)  # what our stop() sent
+
+    with ws_server(talk) as (url, _):
+        conn, frames, events = connect(url)
+        try:
+            wait_for(lambda: frames == ['{"n":1}'])
+        finally:
+            conn.stop()
+        wait_for(lambda: len(codes) == 2)
+    lost = [e.reason for e in events if e.state is ConnState.DISCONNECTED]
+    assert lost[0] == "closed by server (1008: too many requests)"
+    assert codes[1] == 1000, "stop() sends a normal close frame"
+
+
+def test_a_protocol_violation_drops_the_connection_and_reconnects():
+    async def talk(ws: ServerConnection) -> None:
+        await ws.send('{"n":1}')
+        await asyncio.sleep(0.1)
+        ws.transport.write(bytes([0x81, 0x81]) + b"mask" + b"x")  # servers must not mask
+        await ws.wait_closed()
+
+    with ws_server(talk) as (url, opened):
+        conn, frames, events = connect(url)
+        try:
+            wait_for(lambda: len(opened) >= 2)
+        finally:
+            conn.stop()
+    lost = [e.reason for e in events if e.state is ConnState.DISCONNECTED]
+    assert lost[0] == "protocol error: the server sent a masked frame"
+    assert frames[:2] == ['{"n":1}', '{"n":1}']  # the frame before it, then the new connection's
