@@ -10,6 +10,7 @@ reachability, readiness) are in :func:`state_families`.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -85,6 +86,49 @@ EVENT_TO_PUBLISH_LATENCY_S = Histogram(
     ["symbol"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+
+
+class HistogramBatch:
+    """Observations of one histogram child, added to it together by :meth:`flush`.
+
+    ``Histogram.observe`` costs ~0.85 µs (a lock, or a shared-memory write in multiprocess mode,
+    for the sum and again for the bucket); the Redis sink made three a book update. Here an
+    observation is a bisection and two additions, and ``flush`` does the locked work once per
+    bucket touched. It writes the child's own values (``_sum``, ``_buckets``: non-cumulative
+    counts, the first bucket whose bound is >= the value, as ``observe`` chooses), so the
+    exposition, multiprocess mode included, is unchanged;
+    ``tests/health/test_metrics_batch.py`` checks that against ``observe`` for the installed
+    prometheus-client.
+    """
+
+    __slots__ = ("_bounds", "_child", "_counts", "_pending", "_sum")
+
+    def __init__(self, child: Histogram) -> None:
+        self._child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._pending = False
+
+    def observe(self, amount: float) -> None:
+        """Count ``amount``; it reaches the histogram at the next :meth:`flush`."""
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        self._pending = True
+
+    def flush(self) -> None:
+        """Add what was observed since the last flush to the histogram."""
+        if not self._pending:
+            return
+        child = self._child
+        child._sum.inc(self._sum)
+        counts = self._counts
+        for i, n in enumerate(counts):
+            if n:
+                child._buckets[i].inc(n)
+                counts[i] = 0
+        self._sum = 0.0
+        self._pending = False
 
 
 def state_families(
