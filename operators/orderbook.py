@@ -168,12 +168,32 @@ def apply(
     Events without a symbol (malformed frames, subscription answers) are counted and logged in a
     side branch and never reach a book.
     """
-    split = op.branch(f"{step_id}_has_symbol", up, _has_symbol)
-    op.inspect(f"{step_id}_unrouted", split.falses, _account_unrouted)
-    keyed = op.key_on(f"{step_id}_by_symbol", split.trues, _symbol_of)
-
+    # One Python call per batch at each end, not one per item and step: branch + inspect +
+    # key_on + key_rm cost ~3 µs an item in a replay flow doing ~60 µs of work per item.
+    keyed = op.flat_map_batch(f"{step_id}_by_symbol", up, _Router(f"{step_id}_by_symbol"))
     books = op.stateful_batch(step_id, keyed, _Builder(options, market, step_id))
-    return op.key_rm(f"{step_id}_unkey", books)
+    return op.flat_map_batch(f"{step_id}_unkey", books, _values)
+
+
+class _Router:
+    """Keys each event by its symbol; counts and logs those without one (unreadable frames)."""
+
+    def __init__(self, step_id: str) -> None:
+        self.step_id = step_id
+
+    def __call__(self, batch: list[SourceEvent]) -> list[tuple[str, SourceEvent]]:
+        out = []
+        for ev in batch:
+            symbol = getattr(ev, "symbol", None)
+            if symbol is not None:
+                out.append((symbol, ev))
+            else:
+                _account_unrouted(self.step_id, ev)
+        return out
+
+
+def _values(batch: list[tuple[str, OutputEvent]]) -> list[OutputEvent]:
+    return [value for _, value in batch]
 
 
 class _Builder:
@@ -186,10 +206,6 @@ class _Builder:
 
     def __call__(self, resume: _Resume) -> BookLogic:
         return BookLogic(self.options, self.market, resume, self.step_id)
-
-
-def _has_symbol(ev: SourceEvent) -> bool:
-    return getattr(ev, "symbol", None) is not None
 
 
 def _symbol_of(ev: SourceEvent) -> str:

@@ -101,8 +101,6 @@ pipelines:
     ids = step_ids(build_dataflow(config))
     assert ids == [
         "binance_futures_source",
-        "binance_futures_order_book_has_symbol",
-        "binance_futures_order_book_unrouted",
         "binance_futures_order_book_by_symbol",
         "binance_futures_order_book",
         "binance_futures_order_book_unkey",

@@ -6,12 +6,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from market_data.events import (
     SCALE,
     BookState,
     BookStatus,
     BookUpdate,
+    FrameError,
+    Ignored,
     Market,
     OutputEvent,
     Trade,
@@ -115,3 +118,21 @@ def test_final_books_equal_the_naive_reference(path, market, ref_market):
         assert dict(got.bids) == ref_bids, f"{symbol}: bids differ from the reference"
         assert dict(got.asks) == ref_asks, f"{symbol}: asks differ from the reference"
         assert len(got.bids) == len(ref_bids)  # nothing beyond depth was cut
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_events_without_a_symbol_are_counted_and_never_reach_a_book(workers: int) -> None:
+    def errors() -> float:
+        return REGISTRY.get_sample_value("messages_error_total", {"symbol": ""}) or 0.0
+
+    def answers() -> float:
+        labels = {"symbol": "", "type": "subscription_response"}
+        return REGISTRY.get_sample_value("messages_processed_total", labels) or 0.0
+
+    events = recorded_events(FUTURES)[:400]
+    broken = [FrameError("invalid JSON: x", "{oops"), Ignored("subscription_response")] * 3
+    mixed = events[:100] + broken + events[100:]
+    before = errors(), answers()
+    out = run_books(mixed, Market.FUTURES, workers)
+    assert (errors() - before[0], answers() - before[1]) == (3, 3)
+    assert sorted(map(repr, out)) == sorted(map(repr, run_books(events, Market.FUTURES, workers)))
