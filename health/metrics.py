@@ -65,11 +65,6 @@ SOURCE_BACKLOG = Gauge(
     ["partition"],
     multiprocess_mode="livemax",  # one partition lives in one process
 )
-SOURCE_READ_PAUSES = Counter(
-    "source_read_pauses",
-    "Times a source partition's backlog reached max_backlog_frames and its connections paused",
-    ["partition"],
-)
 SINK_DROPS = Counter("sink_drops", "Items a sink had to drop (overflow)", ["sink", "type"])
 SNAPSHOT_FETCHES = Counter(
     "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]

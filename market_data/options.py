@@ -68,9 +68,6 @@ class BinanceOptions(Options):
     exchange_weight_limit: PositiveInt | None = None
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
     poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
-    # Frames a partition may hold unprocessed; past it its connections stop reading until it is
-    # half empty, so TCP slows the exchange (which drops a consumer that stays behind).
-    max_backlog_frames: Annotated[int, Field(ge=100)] = 100_000
     run_for_s: Annotated[float, Field(gt=0)] | None = None  # end the flow after this (soak, demos)
     # After a trade connection comes back, fetch the aggTrades it missed over REST (see
     # sources.backfill); the symbol's live trades wait meanwhile, at most the timeout.

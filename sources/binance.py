@@ -36,7 +36,13 @@ from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSp
 from market_data.placement import partition_names, place_symbols, worker_of_partition
 from market_data.shutdown import stop_requested
 from sources.backfill import Page, Step, TradeGate
-from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
+from sources.connection import (
+    ConnectionSettings,
+    ConnEvent,
+    ConnState,
+    LinkReader,
+    WsConnection,
+)
 from sources.parse import parse_frame
 from sources.policy import ConnectionPlan, plan_connections, trade_stream
 from sources.recording import RecordingWriter
@@ -47,7 +53,6 @@ from sources.trade_fetcher import TradeFetcher
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-PAUSE_LOG_EVERY_S = 10.0
 _LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # a wake-up time already past: poll again now
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 
@@ -77,14 +82,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         self.symbols = symbols
         self._queue: deque[tuple[Any, ...]] = deque()  # appended by threads, drained here
         # What is left in the queue after a batch: grows when the flow falls behind the feed.
-        self._backlog_label = name or ",".join(symbols[:3])
-        self._backlog = metrics.SOURCE_BACKLOG.labels(self._backlog_label)
+        self._backlog = metrics.SOURCE_BACKLOG.labels(name or ",".join(symbols[:3]))
         self._backlog_reported = 0
-        # Bounded: connection threads wait in _on_frames while the queue is over the limit.
-        self._max_backlog = options.max_backlog_frames
-        self._room = threading.Condition()
-        self._closing = False
-        self._pause_logged_at = -PAUSE_LOG_EVERY_S
         self._trackers = {s: SequenceTracker(market) for s in symbols}
         self._recorder = _recorder(options.record)
         backoff = ExponentialBackoff.from_ms(
@@ -143,9 +142,9 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             plan: tuple(s for s in plan.symbols if trade_stream(s) in plan.streams)
             for plan in self.plans
         }
+        self.reader = LinkReader(self._on_frames, options.silence_timeout_s)
         self.connections = [
-            WsConnection(plan, settings, self._on_frames, self._on_state, rng)
-            for plan in self.plans
+            WsConnection(plan, settings, self.reader, self._on_state, rng) for plan in self.plans
         ]
         self._health = {plan: STATE.connection(options.type, plan.symbols) for plan in self.plans}
         self._poll = timedelta(milliseconds=options.poll_interval_ms)
@@ -158,37 +157,12 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             conn.start()
 
     def _on_frames(self, recv_time: float, recv_ns: int, url: str, texts: list[str]) -> None:
-        """Frames that one read of a connection's socket completed (called by its thread).
-
-        Over ``max_backlog_frames`` the thread waits here, without reading its socket, until
-        the worker has processed half of the backlog: memory stays bounded and the kernel's
-        buffers, then TCP, push back on the exchange instead.
-        """
-        queue = self._queue
-        queue.extend([(_FRAME, recv_time, recv_ns, text) for text in texts])
+        """Frames that one read of a connection's socket completed (on the worker's thread)."""
+        self._queue.extend([(_FRAME, recv_time, recv_ns, text) for text in texts])
         STATE.received_at = recv_time  # for stall detection: received, not yet processed
         if self._recorder is not None:
             for text in texts:
                 self._recorder.ws(recv_time, url, text)
-        if len(queue) > self._max_backlog:
-            self._wait_for_room(url)
-
-    def _wait_for_room(self, url: str) -> None:
-        metrics.SOURCE_READ_PAUSES.labels(self._backlog_label).inc()
-        now = time.monotonic()
-        if now - self._pause_logged_at >= PAUSE_LOG_EVERY_S:
-            self._pause_logged_at = now
-            logger.warning(
-                "%s: %d frames waiting to be processed (max_backlog_frames %d); reading %s "
-                "paused until half are done: the flow is slower than the feed (logged at most "
-                "every %.0f s; source_read_pauses counts them)",
-                self._backlog_label, len(self._queue), self._max_backlog, url[:120],
-                PAUSE_LOG_EVERY_S,
-            )  # fmt: skip
-        low = self._max_backlog // 2
-        with self._room:
-            while len(self._queue) > low and not self._closing:
-                self._room.wait(0.5)
 
     def _on_state(self, event: ConnEvent) -> None:
         self._queue.append((_CONN, event))
@@ -203,6 +177,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         gates = self._gates
         if self._filling:
             self._expire_backfills(out)
+        if len(queue) < MAX_BATCH:
+            self.reader.poll()  # the sockets, read here: what is not read waits in the kernel
         while queue and len(out) < MAX_BATCH:
             item = queue.popleft()
             kind = item[0]
@@ -240,9 +216,6 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         if out:
             STATE.processed_at = time.time()
         if len(queue) != self._backlog_reported:
-            if self._backlog_reported > self._max_backlog // 2 >= len(queue):
-                with self._room:
-                    self._room.notify_all()  # paused connections read again
             self._backlog_reported = len(queue)
             self._backlog.set(self._backlog_reported)
         if out:
@@ -324,9 +297,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
 
     @override
     def close(self) -> None:
-        with self._room:
-            self._closing = True
-            self._room.notify_all()
+        self.reader.close()  # first: connection threads no longer wait for the worker
         for conn in self.connections:
             conn.stop()
         for health in self._health.values():

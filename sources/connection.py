@@ -1,20 +1,27 @@
-"""One Binance WebSocket connection, kept alive in its own thread.
+"""Binance WebSocket connections: kept alive by their own threads, read by the bytewax worker.
 
-It connects (websocket-client does the handshake), reads the socket in large chunks and hands
-the messages of each chunk, stamped on receipt, to a callback (:mod:`sources.wsframes` decodes
-them: one system call for a burst of frames); answers pings; reconnects with capped
-exponential backoff and full jitter; treats a connection that stays silent too long as dead;
-and replaces a connection before the exchange's 24-hour cut by opening the new one first,
-reading the old one for a short overlap, then switching (frames seen twice are dropped
-downstream by id).
+A :class:`WsConnection`'s thread connects (websocket-client does the handshake), reconnects
+with capped exponential backoff and full jitter, and replaces its connection before the
+exchange's 24-hour cut by opening the new one first, letting the old one be read for a short
+overlap, then switching (frames seen twice are dropped downstream by id). It does not read.
+
+The partition's :class:`LinkReader` reads every open connection from the worker's own thread,
+in ``next_batch``: non-blocking ``recv`` of up to 256 KiB, every complete frame split out at
+once (:mod:`sources.wsframes`), pings answered, close frames and silence detected. Reading on
+the worker means no GIL handoff between a reader thread and the worker per burst of frames (with
+busy polling, a reader thread waited up to the interpreter's 5 ms switch interval for the
+spinning worker), and a worker that falls behind simply reads later: frames wait in the
+kernel's socket buffer and TCP slows the exchange, instead of piling up in Python's memory.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -35,8 +42,14 @@ from sources.wsframes import (
 
 logger = logging.getLogger(__name__)
 
-RECV_TIMEOUT_S = 0.5
 RECV_BYTES = 256 * 1024
+MAX_READS = 8
+"""``recv`` calls per connection and poll at most (2 MiB): the rest waits for the next poll."""
+WATCH_S = 0.25
+"""How often a connection's thread checks for its stop, its age and the end of an overlap."""
+DETACH_WAIT_S = 2.0
+"""How long a connection's thread waits for the worker to let go of a socket before closing it
+anyway (the worker is then stuck in a long batch or gone)."""
 
 
 class ConnState(StrEnum):
@@ -71,36 +84,173 @@ class ConnectionSettings:
     connect_timeout_s: float = 10.0
 
 
-class _Link:
-    """An open connection: websocket-client's object (handshake, sending) and our decoder."""
+class Link:
+    """An open connection: websocket-client's object (handshake, sending) and our decoder.
 
-    __slots__ = ("decoder", "opened_at", "ws")
+    Its thread creates it; the worker reads it while it is attached to a :class:`LinkReader`.
+    ``ended`` is set by the worker, with ``reason``, when the connection is over;
+    ``detached`` once the worker will not touch the socket again (then it may be closed).
+    """
 
-    def __init__(self, ws: websocket.WebSocket) -> None:
+    __slots__ = (
+        "decoder", "detached", "ended", "last_frame", "opened_at", "reason", "sock", "url", "ws",
+    )  # fmt: skip
+
+    def __init__(self, ws: websocket.WebSocket, url: str) -> None:
         self.ws = ws
+        self.sock = ws.sock
+        self.url = url
         self.decoder = FrameDecoder()
         self.opened_at = time.monotonic()  # its age counts from here, overlap included
+        self.last_frame = self.opened_at
+        self.reason = ""
+        self.ended = threading.Event()
+        self.detached = threading.Event()
+
+
+class LinkReader:
+    """Reads the open connections of one partition, on the thread that calls :meth:`poll`.
+
+    Connection threads :meth:`attach` and :meth:`detach` links; the changes take effect at the
+    start of the next poll, so the worker is never reading a socket that is being closed.
+    """
+
+    def __init__(self, on_frames: FramesCallback, silence_timeout_s: float = 30.0) -> None:
+        self._on_frames = on_frames
+        self._silence_s = silence_timeout_s
+        self._links: list[Link] = []  # the worker's
+        self._requests: deque[tuple[bool, Link]] = deque()  # (attach?, link), from threads
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def attach(self, link: Link) -> None:
+        """Have ``link`` read from the next poll on (called by its connection's thread)."""
+        with self._lock:
+            if self._closed:
+                link.reason = "the source is closing"
+                link.ended.set()
+                link.detached.set()
+            else:
+                self._requests.append((True, link))
+
+    def detach(self, link: Link) -> None:
+        """Stop reading ``link``; return once the worker has let go of it (or after a while)."""
+        with self._lock:
+            if self._closed:
+                link.detached.set()
+                return
+            self._requests.append((False, link))
+        if not link.detached.wait(DETACH_WAIT_S):
+            logger.warning("%s: the worker did not let go of the socket in time", _short(link.url))
+
+    def close(self) -> None:
+        """Stop reading for good (the partition is closing); nothing waits for a poll again."""
+        with self._lock:
+            self._closed = True
+            for link in self._links:
+                link.detached.set()
+            for _, link in self._requests:
+                link.detached.set()
+            self._links = []
+            self._requests.clear()
+
+    def poll(self) -> None:
+        """Read whatever every attached connection has received; hand on complete frames."""
+        if self._requests:
+            self._apply_requests()
+        if not self._links:
+            return
+        now = time.monotonic()
+        for link in list(self._links):
+            self._read(link, now)
+
+    def _apply_requests(self) -> None:
+        with self._lock:
+            while self._requests:
+                attach, link = self._requests.popleft()
+                if attach:
+                    if link.sock is None:
+                        self._end(link, "closed before it could be read")
+                        continue
+                    link.sock.setblocking(False)
+                    self._links.append(link)
+                else:
+                    if link in self._links:
+                        self._links.remove(link)
+                    link.detached.set()
+
+    def _read(self, link: Link, now: float) -> None:
+        sock = link.sock
+        if sock is None:  # websocket-client dropped it: shut down
+            self._end(link, "the socket was shut down")
+            return
+        on_frames = self._on_frames
+        try:
+            for _ in range(MAX_READS):
+                data = sock.recv(RECV_BYTES)
+                if not data:
+                    self._end(link, "connection closed by the server without a close frame")
+                    return
+                recv_time = time.time()
+                recv_ns = time.perf_counter_ns()
+                link.last_frame = now
+                try:
+                    messages = link.decoder.feed(data)
+                except ProtocolError as exc:
+                    logger.error("%s: %s; reconnecting", _short(link.url), exc)
+                    self._end(link, f"protocol error: {exc}")
+                    return
+                texts: list[str] = []
+                for opcode, payload in messages:
+                    if opcode == OP_TEXT or opcode == OP_BINARY:
+                        texts.append(payload.decode("utf-8", "replace"))
+                    elif opcode == OP_PING:
+                        _send(link.ws.pong, payload)  # Binance drops a connection that does not
+                    elif opcode == OP_CLOSE:
+                        if texts:
+                            on_frames(recv_time, recv_ns, link.url, texts)
+                        _send(link.ws.send_close)  # the closing handshake: answer, then shut
+                        self._end(link, close_reason(payload))
+                        return
+                if texts:
+                    on_frames(recv_time, recv_ns, link.url, texts)
+                if len(data) < RECV_BYTES:
+                    break  # drained
+        except (BlockingIOError, ssl.SSLWantReadError):
+            pass  # nothing more for now
+        except OSError as exc:
+            self._end(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return
+        if now - link.last_frame > self._silence_s:
+            self._end(link, f"silent for {self._silence_s:.0f}s")
+
+    def _end(self, link: Link, reason: str) -> None:
+        if link in self._links:
+            self._links.remove(link)
+        if not link.ended.is_set():
+            link.reason = reason
+            link.ended.set()
 
 
 class WsConnection:
-    """Keeps one planned connection open until :meth:`stop`."""
+    """Keeps one planned connection open until :meth:`stop`; ``reader`` reads it."""
 
     def __init__(
         self,
         plan: ConnectionPlan,
         settings: ConnectionSettings,
-        on_frames: FramesCallback,
+        reader: LinkReader,
         on_state: StateCallback,
         rng: random.Random | None = None,
     ) -> None:
         self.plan = plan
         self.settings = settings
-        self._on_frames = on_frames
+        self._reader = reader
         self._on_state = on_state
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ws-{plan.streams[0]}", daemon=True)
-        self._link: _Link | None = None
+        self._link: Link | None = None
 
     def start(self) -> None:
         """Start the connection's thread."""
@@ -109,8 +259,8 @@ class WsConnection:
     def stop(self, timeout: float = 5.0) -> None:
         """Close the connection properly and end the thread.
 
-        The close frame goes out from here; the connection's thread sees the server's answer
-        (or its read timeout) and shuts the socket.
+        The close frame goes out from here; the connection's thread then stops having the
+        connection read and shuts the socket.
         """
         self._stop.set()
         link = self._link
@@ -121,19 +271,18 @@ class WsConnection:
                 logger.debug("closing %s failed", self.plan.url, exc_info=True)
         self._thread.join(timeout)
 
-    def _connect(self) -> _Link:
+    def _connect(self) -> Link:
         ws = websocket.create_connection(
             self.plan.url,
             timeout=self.settings.connect_timeout_s,
             skip_utf8_validation=True,
-            enable_multithread=True,  # stop() sends the close frame from another thread
+            enable_multithread=True,  # pongs from the worker, close frames from stop()
         )
-        ws.settimeout(RECV_TIMEOUT_S)
-        return _Link(ws)
+        return Link(ws, self.plan.url)
 
     def _run(self) -> None:
         failures = 0
-        link: _Link | None = None
+        link: Link | None = None
         while not self._stop.is_set():
             if link is None:
                 try:
@@ -173,62 +322,24 @@ class WsConnection:
             self._on_state(ConnEvent(self.plan, ConnState.DISCONNECTED, reason))
             self._stop.wait(delay)
 
-    def _read(self, link: _Link, until: float | None = None) -> str:
-        """Read frames until the connection ends; return why it ended.
+    def _read(self, link: Link, until: float | None = None) -> str:
+        """Have ``link`` read until it ends (or ``until``, or its age is up); return why."""
+        self._reader.attach(link)
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if until is not None and now >= until:
+                    return "overlap over"
+                if until is None and now - link.opened_at >= self.settings.max_age_s:
+                    return "replace"
+                wait = WATCH_S if until is None else min(WATCH_S, until - now)
+                if link.ended.wait(wait):
+                    return link.reason
+            return "stopped"
+        finally:
+            self._reader.detach(link)
 
-        Each ``recv`` takes whatever has arrived (up to ``RECV_BYTES``); every message it
-        completes is handed on at once, stamped with that ``recv``'s time.
-        """
-        settings = self.settings
-        ws = link.ws
-        sock = ws.sock
-        if sock is None:
-            return "closed"
-        decoder = link.decoder
-        last_frame = time.monotonic()
-        url = self.plan.url
-        on_frames = self._on_frames
-        stopping = self._stop.is_set
-        while not stopping():
-            now = time.monotonic()
-            if until is not None and now >= until:
-                return "overlap over"
-            if until is None and now - link.opened_at >= settings.max_age_s:
-                return "replace"
-            try:
-                data = sock.recv(RECV_BYTES)
-            except TimeoutError:
-                if time.monotonic() - last_frame > settings.silence_timeout_s:
-                    return f"silent for {settings.silence_timeout_s:.0f}s"
-                continue
-            except Exception as exc:
-                return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            if not data:
-                return "connection closed by the server without a close frame"
-            recv_time = time.time()
-            recv_ns = time.perf_counter_ns()
-            last_frame = time.monotonic()
-            try:
-                messages = decoder.feed(data)
-            except ProtocolError as exc:
-                logger.error("%s: %s; reconnecting", _short(url), exc)
-                return f"protocol error: {exc}"
-            texts: list[str] = []
-            for opcode, payload in messages:
-                if opcode == OP_TEXT or opcode == OP_BINARY:
-                    texts.append(payload.decode("utf-8", "replace"))
-                elif opcode == OP_PING:
-                    _send(ws.pong, payload)  # Binance drops a connection that does not answer
-                elif opcode == OP_CLOSE:
-                    if texts:
-                        on_frames(recv_time, recv_ns, url, texts)
-                    _send(ws.send_close)  # the closing handshake: answer, then shut the socket
-                    return close_reason(payload)
-            if texts:
-                on_frames(recv_time, recv_ns, url, texts)
-        return "stopped"
-
-    def _replace(self, old: _Link) -> _Link | None:
+    def _replace(self, old: Link) -> Link | None:
         """Open a new connection, keep reading the old one briefly, then switch to the new one."""
         try:
             new = self._connect()

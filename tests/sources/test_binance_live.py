@@ -328,34 +328,29 @@ def test_an_idle_partition_polls_again_at_once_only_when_busy_polling(poll_ms: f
             assert awake < now
 
 
-def test_a_partition_behind_the_feed_stops_reading_instead_of_growing_and_loses_nothing() -> None:
+def test_a_partition_behind_the_feed_leaves_frames_in_the_kernel_and_loses_nothing() -> None:
+    # Frames are read by the worker itself (next_batch): one that falls behind reads later,
+    # TCP slows the sender, and Python's memory does not grow with the backlog.
     config = SimulatorConfig(symbols=("BTCUSDT",), rate=3_000, tick_ms=1)
     config = replace(config, depth_frame_per_update=True)  # ~3,000 depth frames/s
     with Simulator(config) as sim:
         options = BinanceFuturesOptions(
-            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url, max_backlog_frames=200
+            symbols=["BTCUSDT"], ws_url=sim.ws_url, rest_url=sim.rest_url
         )
         source = BinanceSource(options, Market.FUTURES)
         (name,) = source.list_parts()
         part = source.build_part("s", name, None)
-        pauses = counter("source_read_pauses_total", partition=name)
         deltas: list[DepthDelta] = []
         try:
-            time.sleep(1.5)  # a stalled worker: nothing processed
+            time.sleep(1.5)  # a stalled worker: nothing processed, nothing read
             held = len(part._queue)
-            time.sleep(1.0)
-            assert len(part._queue) == held, "no more frames taken in while paused"
-            assert held < 200 + 3_000, "the limit plus what one read brought in"
-            assert counter("source_read_pauses_total", partition=name) > pauses
+            assert held < 10, "at most connection events and snapshot answers"
             deadline = time.monotonic() + 3.0
-            while time.monotonic() < deadline:  # the worker catches up: reading resumes
+            while time.monotonic() < deadline:  # the worker catches up
                 deltas += [ev for ev in part.next_batch() if type(ev) is DepthDelta]
-            frames_seen = len(deltas)
         finally:
             part.close()
-    assert frames_seen > held + 3_000, "frames kept coming after the pause"
+    assert len(deltas) > 3_000 * 3, "what waited in the kernel, then the live feed"
     # TCP held what was not read: the chain of update ids has no hole (pu = previous u).
-    breaks = [
-        b for a, b in itertools.pairwise(deltas) if b.prev_final_update_id != a.final_update_id
-    ]
-    assert breaks == []
+    pairs = itertools.pairwise(deltas)
+    assert [b for a, b in pairs if b.prev_final_update_id != a.final_update_id] == []

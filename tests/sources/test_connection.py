@@ -12,7 +12,13 @@ from contextlib import contextmanager
 from websockets.asyncio.server import ServerConnection, serve
 
 from market_data.backoff import ExponentialBackoff
-from sources.connection import ConnectionSettings, ConnEvent, ConnState, WsConnection
+from sources.connection import (
+    ConnectionSettings,
+    ConnEvent,
+    ConnState,
+    LinkReader,
+    WsConnection,
+)
 from sources.policy import ConnectionPlan
 
 Handler = Callable[[ServerConnection], object]
@@ -48,18 +54,39 @@ def ws_server(handler: Handler) -> Iterator[tuple[str, list[float]]]:
         thread.join(5)
 
 
-def connect(url: str, **settings: float) -> tuple[WsConnection, list[str], list[ConnEvent]]:
-    frames: list[str] = []
-    events: list[ConnEvent] = []
-    plan = ConnectionPlan(url, ("x@depth",), ("X",))
-    conn = WsConnection(
-        plan,
-        ConnectionSettings(backoff=ExponentialBackoff(0.2, 0.4), **settings),
-        lambda t, ns, u, texts: frames.extend(texts),
-        events.append,
-    )
-    conn.start()
-    return conn, frames, events
+class Polled:
+    """A connection, and a thread polling its reader every millisecond as a source's worker does."""
+
+    def __init__(self, url: str, settings: ConnectionSettings) -> None:
+        self.frames: list[str] = []
+        self.events: list[ConnEvent] = []
+        self.reader = LinkReader(
+            lambda t, ns, u, texts: self.frames.extend(texts), settings.silence_timeout_s
+        )
+        plan = ConnectionPlan(url, ("x@depth",), ("X",))
+        self.conn = WsConnection(plan, settings, self.reader, self.events.append)
+        self._done = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while not self._done.wait(0.001):
+            self.reader.poll()
+
+    def start(self) -> None:
+        self._poller.start()
+        self.conn.start()
+
+    def stop(self) -> None:
+        self.conn.stop()
+        self._done.set()
+        self._poller.join(5)
+        self.reader.close()
+
+
+def connect(url: str, **settings: float) -> tuple[Polled, list[str], list[ConnEvent]]:
+    polled = Polled(url, ConnectionSettings(backoff=ExponentialBackoff(0.2, 0.4), **settings))
+    polled.start()
+    return polled, polled.frames, polled.events
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
