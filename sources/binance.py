@@ -142,7 +142,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             plan: tuple(s for s in plan.symbols if trade_stream(s) in plan.streams)
             for plan in self.plans
         }
-        self.reader = LinkReader(self._on_frames, options.silence_timeout_s)
+        self.reader = LinkReader(self._on_frames, options.silence_timeout_s, _mark_received)
         self.connections = [
             WsConnection(plan, settings, self.reader, self._on_state, rng) for plan in self.plans
         ]
@@ -159,7 +159,8 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
     def _on_frames(self, recv_time: float, recv_ns: int, url: str, texts: list[str]) -> None:
         """Frames that one read of a connection's socket completed (on the worker's thread)."""
         self._queue.extend([(_FRAME, recv_time, recv_ns, text) for text in texts])
-        STATE.received_at = recv_time  # for stall detection: received, not yet processed
+        STATE.received_at = recv_time  # read by the worker; connection threads also mark data
+        # waiting unread in a socket (LinkReader.on_unread), as a stalled worker reads nothing
         if self._recorder is not None:
             for text in texts:
                 self._recorder.ws(recv_time, url, text)
@@ -310,6 +311,11 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         for symbol in self.symbols:
             metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
         self._backlog.set(0)
+
+
+def _mark_received(at: float) -> None:
+    """Data waits in a socket (for stall detection: received, not yet processed)."""
+    STATE.received_at = at
 
 
 class _NoSymbols(StatefulSourcePartition[SourceEvent, None]):

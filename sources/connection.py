@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import ssl
 import threading
 import time
@@ -115,8 +116,14 @@ class LinkReader:
     start of the next poll, so the worker is never reading a socket that is being closed.
     """
 
-    def __init__(self, on_frames: FramesCallback, silence_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        on_frames: FramesCallback,
+        silence_timeout_s: float = 30.0,
+        on_unread: Callable[[float], None] | None = None,
+    ) -> None:
         self._on_frames = on_frames
+        self.on_unread = on_unread  # called by connection threads: data waits to be read
         self._silence_s = silence_timeout_s
         self._links: list[Link] = []  # the worker's
         self._requests: deque[tuple[bool, Link]] = deque()  # (attach?, link), from threads
@@ -335,9 +342,26 @@ class WsConnection:
                 wait = WATCH_S if until is None else min(WATCH_S, until - now)
                 if link.ended.wait(wait):
                     return link.reason
+                self._report_unread(link)
             return "stopped"
         finally:
             self._reader.detach(link)
+
+    def _report_unread(self, link: Link) -> None:
+        """Tell the reader's owner when received data waits in the socket.
+
+        A stalled worker stops reading, so only this thread can see that frames arrive and are
+        not processed (``/health``'s stall detection).
+        """
+        on_unread = self._reader.on_unread
+        if on_unread is None or link.sock is None:
+            return
+        try:
+            readable, _, _ = select.select([link.sock], [], [], 0)
+        except (OSError, ValueError):  # closed meanwhile: the worker reports the end
+            return
+        if readable:
+            on_unread(time.time())
 
     def _replace(self, old: Link) -> Link | None:
         """Open a new connection, keep reading the old one briefly, then switch to the new one."""

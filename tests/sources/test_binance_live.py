@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from health.state import STATE
 from market_data.events import (
     BookState,
     BookStatus,
@@ -354,3 +355,18 @@ def test_a_partition_behind_the_feed_leaves_frames_in_the_kernel_and_loses_nothi
     # TCP held what was not read: the chain of update ids has no hole (pu = previous u).
     pairs = itertools.pairwise(deltas)
     assert [b for a, b in pairs if b.prev_final_update_id != a.final_update_id] == []
+
+
+def test_data_waiting_unread_counts_as_received_so_a_stalled_worker_shows() -> None:
+    # The worker reads the sockets; when it stalls, only the connection threads can tell that
+    # frames arrive and are not processed: /health's stall rule needs received > processed.
+    with one_partition() as (_, part):
+        deadline = time.monotonic() + 5.0
+        while not part.next_batch():  # connected, frames processed
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        part.next_batch()
+        processed = STATE.processed_at
+        assert processed is not None
+        time.sleep(1.0)  # the worker stalls; the simulator sends 20 updates/s
+        assert STATE.received_at is not None and STATE.received_at > processed + 0.5
