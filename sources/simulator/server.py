@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
@@ -29,6 +29,7 @@ import orjson
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from market_data.events import Market
 from sources.simulator.config import SimulatorConfig
@@ -38,11 +39,14 @@ from sources.simulator.limits import MessageRate
 from sources.simulator.market import BookLevels, Fill, SimulatorError
 from sources.simulator.rest import RestApi
 from sources.simulator.streams import ConnectPath, delivered, parse_path, parse_stream
+from sources.simulator.wsframes import text_frames
 
 logger = logging.getLogger(__name__)
 
 MAX_QUEUED_FRAMES = 100_000
 """Frames waiting for one slow client before it is dropped, as Binance drops slow consumers."""
+MAX_FRAMES_PER_WRITE = 1_000
+"""Frames written to a client's socket with one call at most."""
 STARTUP_TIMEOUT_S = 10.0
 CLOSE_WAIT_S = 5.0
 UNKNOWN_EVENT = "simUnknownEvent"
@@ -88,38 +92,82 @@ class _Conn:
         self.subscriptions: dict[str, None] = {}  # ordered set, for LIST_SUBSCRIPTIONS
         self.rng = rng
         self.rate = MessageRate(limit)
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.queue: deque[object] = deque()  # texts to send, and _ABORT / _Close
+        self._wakeup: asyncio.Future[None] | None = None  # set while the writer waits
         self.sent = 0  # frames handed to the socket
 
+    def backlog(self) -> int:
+        """Frames queued and not yet handed to the socket (safe from any thread)."""
+        return len(self.queue)
+
     def send(self, text: str) -> None:
-        if self.queue.qsize() >= MAX_QUEUED_FRAMES:
+        if len(self.queue) >= MAX_QUEUED_FRAMES:
             logger.warning("dropping a client that is %d frames behind", MAX_QUEUED_FRAMES)
             self.abort()
             return
-        self.queue.put_nowait(text)
+        self._put(text)
 
     def abort(self) -> None:
         """Cut the TCP connection after what is already queued (no close frame)."""
-        self.queue.put_nowait(_ABORT)
+        self._put(_ABORT)
 
     def close(self, code: int, reason: str) -> None:
         """Close the connection properly after what is already queued."""
-        self.queue.put_nowait(_Close(code, reason))
+        self._put(_Close(code, reason))
+
+    def _put(self, item: object) -> None:
+        self.queue.append(item)
+        if self._wakeup is not None:
+            self._wakeup.set_result(None)
+            self._wakeup = None
 
     async def write_loop(self) -> None:
+        """Send what is queued, in order: every text frame queued so far in one socket write."""
+        queue, loop = self.queue, asyncio.get_running_loop()
         try:
             while True:
-                item = await self.queue.get()
+                if not queue:
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                batch: list[str] = []
+                while queue and len(batch) < MAX_FRAMES_PER_WRITE:
+                    if not isinstance(queue[0], str):
+                        break
+                    batch.append(queue.popleft())  # type: ignore[arg-type]
+                if batch:
+                    if not await self._write(batch):
+                        return
+                    continue
+                item = queue.popleft()
                 if item is _ABORT:
                     self.ws.transport.abort()
                     return
                 if isinstance(item, _Close):
                     await self.ws.close(item.code, item.reason)
                     return
-                await self.ws.send(item)  # type: ignore[arg-type]
-                self.sent += 1
         except ConnectionClosed:
             pass
+
+    async def _write(self, texts: list[str]) -> bool:
+        """Write ``texts`` as text frames with one call; False once the connection is closing.
+
+        ``ServerConnection.send`` frames and writes each message on its own (a ``send`` system
+        call per frame: most of the load-test mode's sending cost); here they are framed
+        together (:func:`~sources.simulator.wsframes.text_frames`) and written at once, then the
+        writer waits for the transport's buffer to drain, as ``send`` does. Pings, pongs and the
+        close handshake stay with ``websockets``: each write is whole frames, so they interleave
+        between frames.
+        """
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return False  # closing: the handler ends with the connection
+        ws.transport.write(text_frames(texts))
+        self.sent += len(texts)
+        try:
+            await ws.drain()
+        except OSError:  # the connection was lost while its buffer was full
+            return False
+        return True
 
 
 class Simulator:
@@ -139,7 +187,7 @@ class Simulator:
         # Every key exists from the start, so counts() can copy it from another thread.
         self._counts: Counter[str] = Counter(dict.fromkeys(COUNT_NAMES, 0))
         self._rest = RestApi(self.config, self._exchange, self._counts, lambda: self._faults, clock)
-        self._subs: dict[str, set[_Conn]] = {}
+        self._subs: dict[str, set[_Conn]] = {}  # stream -> its listeners (never empty)
         self._conns: set[_Conn] = set()
         self._conn_serial = 0
         self._sent_by_closed = 0  # frames sent on connections that are gone
@@ -234,7 +282,7 @@ class Simulator:
         return {
             "frames_sent": self._sent_by_closed + sum(c.sent for c in conns),
             "depth_frames_queued": self._depth_queued,
-            "backlog": max((c.queue.qsize() for c in conns), default=0),
+            "backlog": max((c.backlog() for c in conns), default=0),
         }
 
     def connection_count(self) -> int:
@@ -334,9 +382,9 @@ class Simulator:
                 if delay < -1.0:  # far behind (a paused process): carry on, do not burst
                     due = loop.time()
                 await asyncio.sleep(0)  # behind: the writers and REST still get their turn
-            if max_backlog is not None and any(c.queue.qsize() > max_backlog for c in self._conns):
+            if max_backlog is not None and any(c.backlog() > max_backlog for c in self._conns):
                 continue  # a load test's client is behind: skip this tick's updates
-            frames = self._exchange.tick(int(self._clock() * 1000))
+            frames = self._exchange.tick(int(self._clock() * 1000), self._subs)
             self._dispatch(frames)
 
     def _dispatch(self, frames: list[Frame]) -> None:
@@ -435,9 +483,7 @@ class Simulator:
 
     def _drop(self, conn: _Conn) -> None:
         for name in conn.subscriptions:
-            subs = self._subs.get(name)
-            if subs is not None:
-                subs.discard(conn)
+            self._stop_delivering(conn, name)
         if conn in self._conns:
             self._conns.discard(conn)
             self._sent_by_closed += conn.sent
@@ -456,9 +502,14 @@ class Simulator:
 
     def _unsubscribe(self, conn: _Conn, name: str) -> None:
         conn.subscriptions.pop(name, None)
+        self._stop_delivering(conn, name)
+
+    def _stop_delivering(self, conn: _Conn, name: str) -> None:
         subs = self._subs.get(name)
         if subs is not None:
             subs.discard(conn)
+            if not subs:  # _subs holds the streams listened to: the exchange frames only those
+                del self._subs[name]
 
     def _command(self, conn: _Conn, message: str | bytes) -> str | None:
         """Answer one client message the way Binance's stream servers do."""
