@@ -17,6 +17,7 @@ from market_data.events import (
     Ignored,
     Market,
     OutputEvent,
+    SourceEvent,
     Trade,
 )
 from sources.parse import to_units
@@ -130,7 +131,8 @@ def test_events_without_a_symbol_are_counted_and_never_reach_a_book(workers: int
         return REGISTRY.get_sample_value("messages_processed_total", labels) or 0.0
 
     events = recorded_events(FUTURES)[:400]
-    broken = [FrameError("invalid JSON: x", "{oops"), Ignored("subscription_response")] * 3
+    broken: list[SourceEvent] = [FrameError("invalid JSON: x", "{oops")] * 3
+    broken += [Ignored("subscription_response")] * 3
     mixed = events[:100] + broken + events[100:]
     before = errors(), answers()
     out = run_books(mixed, Market.FUTURES, workers)

@@ -340,7 +340,7 @@ def test_a_partition_behind_the_feed_leaves_frames_in_the_kernel_and_loses_nothi
         )
         source = BinanceSource(options, Market.FUTURES)
         (name,) = source.list_parts()
-        part = source.build_part("s", name, None)
+        part: Any = source.build_part("s", name, None)
         deltas: list[DepthDelta] = []
         try:
             time.sleep(1.5)  # a stalled worker: nothing processed, nothing read
