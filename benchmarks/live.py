@@ -209,6 +209,10 @@ class LiveFigures:
     p99_us: float
     p999_us: float
     max_us: float
+    # From the exchange's event time E (ms, same host clock) instead of the read off the socket:
+    # includes any wait in the socket and up to 1 ms of E's rounding.
+    event_p50_us: float | None
+    event_p99_us: float | None
     longest_gap_ms: float  # the longest time a worker delivered nothing
     pauses: int  # gaps over PAUSE_MS (the longest of each second and worker)
     pauses_with_gc: int  # ... overlapped by a collection of GC_PAUSE_MS or more
@@ -256,6 +260,13 @@ def summarize(
     if not window:
         raise RuntimeError(f"{case}: nothing delivered after the {warmup_s:.0f} s warm-up")
     hist = LatencyHistogram.merged(h for _, parts in window for h, *_ in parts)
+    event_hist = LatencyHistogram.merged(
+        h
+        for rep in reports
+        if "event_latency" in rep
+        for k, h, _ in LatencyRecorder.from_dict(rep["event_latency"]).intervals()
+        if start <= rep["origin_unix"] + k < end
+    )
     gaps_ms = {t: max(p[1] for p in parts) / 1e6 for t, parts in window}
     # Long collections on the wall clock: (start, ms, generation, pid); the workers of a
     # process share one GcWatch, hence the set.
@@ -289,6 +300,8 @@ def summarize(
         p99_us=hist.percentile(0.99) / 1e3,
         p999_us=hist.percentile(0.999) / 1e3,
         max_us=hist.max / 1e3,
+        event_p50_us=event_hist.percentile(0.5) / 1e3 if event_hist.count else None,
+        event_p99_us=event_hist.percentile(0.99) / 1e3 if event_hist.count else None,
         longest_gap_ms=max(gaps_ms.values()),
         pauses=len(pauses),
         pauses_with_gc=len(with_gc),

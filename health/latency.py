@@ -1,13 +1,17 @@
 """Fine-grained end-to-end latency reports, for benchmarks: ``MARKET_DATA_LATENCY_REPORT=path``.
 
 With that variable set, each Redis sink partition (one per worker) records, for every book update
-it delivers, the time from the frame's receipt (``recv_ns``, stamped by the connection thread) to
-the return of the pipeline that carried it, in a :class:`~market_data.histogram.LatencyRecorder`
-(per-second histograms with a resolution of 1/128, and the longest gap between deliveries). When
+it delivers, the time from the frame's receipt (``recv_ns``, stamped when the worker read it off
+the socket) to the return of the pipeline that carried it, in a
+:class:`~market_data.histogram.LatencyRecorder` (per-second histograms with a resolution of
+1/128, and the longest gap between deliveries); and, in a second recorder, the time from the
+exchange's event time ``E`` (milliseconds, so up to 1 ms more) to the same return: with the
+simulator on the same host's clock that includes any wait in the socket before the read. When
 the partition closes (the flow ends: ``run_for_s``, SIGTERM, Ctrl-C) it writes one JSON file::
 
     {"format": 1, "pid": 123, "worker": 0, "sink": "redis:bench", "origin_unix": 1700000000,
-     "latency": {<LatencyRecorder.to_dict()>}, "trades": 42, "gc": {<GcWatch.to_dict()>}}
+     "latency": {<LatencyRecorder.to_dict()>}, "event_latency": {<LatencyRecorder.to_dict()>},
+     "trades": 42, "gc": {<GcWatch.to_dict()>}}
 
 ``origin_unix`` is the whole wall-clock second at the recorder's ``origin_ns``: interval ``k`` of
 every report is the second ``origin_unix + k``, so the reports of several processes line up.
@@ -114,6 +118,7 @@ class LatencyReport:
         now_unix, now_ns = time.time(), time.perf_counter_ns()
         self.origin_unix = math.floor(now_unix)
         self.recorder = LatencyRecorder(now_ns - round((now_unix - self.origin_unix) * 1e9))
+        self.event_recorder = LatencyRecorder(self.recorder.origin_ns)
         self.trades = 0  # trades delivered (their latency is not recorded)
         self.gc = gc_watch()
 
@@ -126,6 +131,7 @@ class LatencyReport:
             "sink": self.sink,
             "origin_unix": self.origin_unix,
             "latency": self.recorder.to_dict(),
+            "event_latency": self.event_recorder.to_dict(),
             "trades": self.trades,
             "gc": self.gc.to_dict(),
         }

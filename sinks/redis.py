@@ -432,6 +432,8 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             if report is not None:
                 if book:
                     report.recorder.record(elapsed_ns, done_ns)
+                    since_event_ns = int(done_s * 1e9) - item.event_time_ms * 1_000_000
+                    report.event_recorder.record(max(0, since_event_ns), done_ns)
                 else:
                     report.trades += 1
 
