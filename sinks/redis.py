@@ -168,6 +168,12 @@ def _read_replies(conn: AbstractConnection, n: int) -> list[object]:
             f"Redis sent more than the {n} replies expected ({reader.ready} more replies, "
             f"{reader.buffered} more bytes)"
         )
+    for reply in replies:
+        # LOADING, NOAUTH, WRONGPASS...: redis-py's parsers raise these (ConnectionError
+        # subclasses) instead of returning them, so they fail the attempt and it is retried;
+        # returned here they would count as refusals of the items and drop them.
+        if isinstance(reply, RedisConnectionError):
+            raise reply
     return replies
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from market_data.events import BookState, BookStatus, BookUpdate, OutputEvent, T
 from market_data.options import OrderBookOptions, RedisSinkOptions, ReplayOptions
 from sinks.payload import encode_book, encode_trade
 from sinks.redis import RedisPartition, RedisSink, build_sink, redact_url
+from sinks.resp import ReplyReader
 from tests.redis_server import LossyProxy, RedisServer, free_port, redis_url, stream_entries
 
 T0 = 1_700_000_000_000
@@ -313,6 +316,69 @@ def test_a_refused_write_is_counted_and_the_rest_goes_through(
     assert sample("sink_buffer_depth", sink=sink) == 0
     assert len(caplog.records) == 1 and "WRONGTYPE" in caplog.text
     assert [i for i, _ in stream_entries(client, f"{prefix}trades:ETHUSDT")] == [f"{T0 + 2}-2"]
+
+
+class LoadingRedis:
+    """A stand-in for a restarted Redis that is still reading its data set back into memory.
+
+    It answers a client's set-up commands and refuses every ``XADD`` and ``PUBLISH`` with
+    ``LOADING``, as Redis does until the load is done.
+    """
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        commands = ReplyReader()  # commands are RESP arrays of bulk strings, like replies
+        with conn:
+            try:
+                while data := conn.recv(65536):
+                    commands.feed(data)
+                    out = b""
+                    while (command := commands.pop(1)) is not None:
+                        name = command[0][0].upper()  # type: ignore[index]
+                        if name in (b"XADD", b"PUBLISH"):
+                            self.refused += 1
+                            out += b"-LOADING Redis is loading the dataset in memory\r\n"
+                        elif name == b"HELLO":  # redis-py 8 speaks RESP3 by default
+                            out += b"%1\r\n+proto\r\n:3\r\n"
+                        else:
+                            out += b"+OK\r\n"
+                    conn.sendall(out)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_a_redis_still_loading_its_data_holds_the_writes_for_a_retry() -> None:
+    """LOADING is a connection error to redis-py (retried), not a refusal of the item (dropped)."""
+    fake = LoadingRedis()
+    opts = RedisSinkOptions(
+        url=fake.url, mode="streams", retry_initial_ms=60_000, retry_max_ms=60_000
+    )
+    sink = f"redis:loading-{uuid.uuid4().hex[:6]}"
+    part = RedisSink(opts, sink, close_timeout_s=0.0).build("publish_redis", 0, 1)
+    try:
+        part.write_batch([trade("LOADUSDT", 1), trade("LOADUSDT", 2)])
+        assert fake.refused >= 1  # the writes reached it and were answered with LOADING
+        assert sample("sink_drops_total", sink=sink, type="trade") == 0
+        assert sample("sink_buffer_depth", sink=sink) == 2  # held until Redis has loaded
+    finally:
+        part.close()
+        fake.close()
 
 
 def test_rejects_items_that_are_not_output_events(make: Make) -> None:
