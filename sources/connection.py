@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import select
+import socket
 import ssl
 import threading
 import time
@@ -44,8 +45,8 @@ from sources.wsframes import (
 logger = logging.getLogger(__name__)
 
 RECV_BYTES = 256 * 1024
-MAX_READS = 8
-"""``recv`` calls per connection and poll at most (2 MiB): the rest waits for the next poll."""
+MAX_READ_BYTES = 8 * RECV_BYTES
+"""Bytes read per connection and poll at most (2 MiB): the rest waits for the next poll."""
 WATCH_S = 0.25
 """How often a connection's thread checks for its stop, its age and the end of an overlap."""
 DETACH_WAIT_S = 2.0
@@ -89,31 +90,36 @@ class Link:
     """An open connection: websocket-client's object (handshake, sending) and our decoder.
 
     Its thread creates it; the worker reads it while it is attached to a :class:`LinkReader`.
-    ``ended`` is set by the worker, with ``reason``, when the connection is over;
-    ``detached`` once the worker will not touch the socket again (then it may be closed).
+    ``ended`` is set by the worker, with ``reason``, when the connection is over.
     """
 
     __slots__ = (
-        "decoder", "detached", "ended", "last_frame", "opened_at", "reason", "sock", "url", "ws",
+        "decoder", "ended", "last_frame", "opened_at", "plain", "reason", "replace_at", "sock",
+        "url", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: websocket.WebSocket, url: str) -> None:
         self.ws = ws
         self.sock = ws.sock
+        # A short read drains only a plain socket: over TLS a recv returns one record at most
+        # (often one frame), and more may wait in the kernel or the SSL object.
+        self.plain = type(self.sock) is socket.socket
         self.url = url
         self.decoder = FrameDecoder()
         self.opened_at = time.monotonic()  # its age counts from here, overlap included
+        self.replace_at = float("inf")  # when its thread opens a replacement (monotonic)
         self.last_frame = self.opened_at
         self.reason = ""
         self.ended = threading.Event()
-        self.detached = threading.Event()
 
 
 class LinkReader:
     """Reads the open connections of one partition, on the thread that calls :meth:`poll`.
 
     Connection threads :meth:`attach` and :meth:`detach` links; the changes take effect at the
-    start of the next poll, so the worker is never reading a socket that is being closed.
+    start of the next poll, so the worker is never reading a socket that is being closed. A
+    link may be attached again after a detach (the old connection read for the overlap of a
+    replacement): each detach waits for its own poll.
     """
 
     def __init__(
@@ -126,7 +132,8 @@ class LinkReader:
         self.on_unread = on_unread  # called by connection threads: data waits to be read
         self._silence_s = silence_timeout_s
         self._links: list[Link] = []  # the worker's
-        self._requests: deque[tuple[bool, Link]] = deque()  # (attach?, link), from threads
+        # From threads: (link, None) to attach it; (link, let_go) to detach it, let_go set then.
+        self._requests: deque[tuple[Link, threading.Event | None]] = deque()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -136,28 +143,26 @@ class LinkReader:
             if self._closed:
                 link.reason = "the source is closing"
                 link.ended.set()
-                link.detached.set()
             else:
-                self._requests.append((True, link))
+                self._requests.append((link, None))
 
     def detach(self, link: Link) -> None:
         """Stop reading ``link``; return once the worker has let go of it (or after a while)."""
+        let_go = threading.Event()
         with self._lock:
             if self._closed:
-                link.detached.set()
                 return
-            self._requests.append((False, link))
-        if not link.detached.wait(DETACH_WAIT_S):
+            self._requests.append((link, let_go))
+        if not let_go.wait(DETACH_WAIT_S):
             logger.warning("%s: the worker did not let go of the socket in time", _short(link.url))
 
     def close(self) -> None:
         """Stop reading for good (the partition is closing); nothing waits for a poll again."""
         with self._lock:
             self._closed = True
-            for link in self._links:
-                link.detached.set()
-            for _, link in self._requests:
-                link.detached.set()
+            for _, let_go in self._requests:
+                if let_go is not None:
+                    let_go.set()
             self._links = []
             self._requests.clear()
 
@@ -174,17 +179,20 @@ class LinkReader:
     def _apply_requests(self) -> None:
         with self._lock:
             while self._requests:
-                attach, link = self._requests.popleft()
-                if attach:
-                    if link.sock is None:
+                link, let_go = self._requests.popleft()
+                if let_go is None:
+                    try:
+                        if link.sock is None:
+                            raise OSError("no socket")
+                        link.sock.setblocking(False)
+                    except OSError:  # closed meanwhile (its thread's detach timed out)
                         self._end(link, "closed before it could be read")
                         continue
-                    link.sock.setblocking(False)
                     self._links.append(link)
                 else:
                     if link in self._links:
                         self._links.remove(link)
-                    link.detached.set()
+                    let_go.set()
 
     def _read(self, link: Link, now: float) -> None:
         sock = link.sock
@@ -192,8 +200,9 @@ class LinkReader:
             self._end(link, "the socket was shut down")
             return
         on_frames = self._on_frames
+        budget = MAX_READ_BYTES
         try:
-            for _ in range(MAX_READS):
+            while budget > 0:
                 data = sock.recv(RECV_BYTES)
                 if not data:
                     self._end(link, "connection closed by the server without a close frame")
@@ -221,8 +230,9 @@ class LinkReader:
                         return
                 if texts:
                     on_frames(recv_time, recv_ns, link.url, texts)
-                if len(data) < RECV_BYTES:
-                    break  # drained
+                if len(data) < RECV_BYTES and link.plain:
+                    break  # drained (TLS: read on until it would block)
+                budget -= len(data)
         except (BlockingIOError, ssl.SSLWantReadError):
             pass  # nothing more for now
         except OSError as exc:
@@ -258,6 +268,7 @@ class WsConnection:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"ws-{plan.streams[0]}", daemon=True)
         self._link: Link | None = None
+        self._replace_failures = 0
 
     def start(self) -> None:
         """Start the connection's thread."""
@@ -285,7 +296,9 @@ class WsConnection:
             skip_utf8_validation=True,
             enable_multithread=True,  # pongs from the worker, close frames from stop()
         )
-        return Link(ws, self.plan.url)
+        link = Link(ws, self.plan.url)
+        link.replace_at = link.opened_at + self.settings.max_age_s
+        return link
 
     def _run(self) -> None:
         failures = 0
@@ -337,7 +350,7 @@ class WsConnection:
                 now = time.monotonic()
                 if until is not None and now >= until:
                     return "overlap over"
-                if until is None and now - link.opened_at >= self.settings.max_age_s:
+                if until is None and now >= link.replace_at:
                     return "replace"
                 wait = WATCH_S if until is None else min(WATCH_S, until - now)
                 if link.ended.wait(wait):
@@ -368,12 +381,19 @@ class WsConnection:
         try:
             new = self._connect()
         except Exception as exc:
+            # Try again after a backoff, reading the old one meanwhile; the exchange's cut
+            # forces a reconnect later if no replacement opens before it.
+            self._replace_failures += 1
+            delay = jittered_delay(self.settings.backoff, self._replace_failures, self._rng)
+            old.replace_at = time.monotonic() + delay
             logger.warning(
-                "could not open a replacement for %s (%s); keeping the old one",
+                "could not open a replacement for %s (%s); keeping the old one, next try in %.2fs",
                 _short(self.plan.url),
                 exc,
+                delay,
             )
-            return old  # the exchange's cut will force a reconnect later
+            return old
+        self._replace_failures = 0
         # Frames on the old connection up to now are all read; the new one has been receiving
         # since it opened, so everything after the overlap is on it (earlier ones are duplicates).
         self._read(old, until=time.monotonic() + self.settings.overlap_s)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
+import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http import HTTPStatus
+from types import SimpleNamespace
+from typing import Any, cast
 
+import websocket
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from market_data.backoff import ExponentialBackoff
 from sources.connection import (
     ConnectionSettings,
     ConnEvent,
     ConnState,
+    Link,
     LinkReader,
     WsConnection,
 )
@@ -25,7 +34,7 @@ Handler = Callable[[ServerConnection], object]
 
 
 @contextmanager
-def ws_server(handler: Handler) -> Iterator[tuple[str, list[float]]]:
+def ws_server(handler: Handler, **options: Any) -> Iterator[tuple[str, list[float]]]:
     """Serve ``handler`` on a free loopback port; yield the URL and the connection times."""
     opened: list[float] = []
     ready = threading.Event()
@@ -38,7 +47,7 @@ def ws_server(handler: Handler) -> Iterator[tuple[str, list[float]]]:
 
     async def main() -> None:
         stop.append(asyncio.Event())
-        async with serve(wrapped, "127.0.0.1", 0) as server:
+        async with serve(wrapped, "127.0.0.1", 0, **options) as server:
             port.append(next(iter(server.sockets)).getsockname()[1])
             ready.set()
             await stop[0].wait()
@@ -214,3 +223,111 @@ def test_a_protocol_violation_drops_the_connection_and_reconnects():
     lost = [e.reason for e in events if e.state is ConnState.DISCONNECTED]
     assert lost[0] == "protocol error: the server sent a masked frame"
     assert frames[:2] == ['{"n":1}', '{"n":1}']  # the frame before it, then the new connection's
+
+
+def test_a_replacement_that_cannot_connect_is_tried_again_after_a_backoff():
+    """Opening a replacement fails (here: HTTP 429, as when an IP opened too many connections).
+
+    The old connection keeps being read, and the next attempt waits for a backoff delay: not
+    one attempt after another, which would hammer the exchange and leave the old unread.
+    """
+    attempts: list[float] = []
+
+    async def refuse_after_first(conn: ServerConnection, request: Request) -> Response | None:
+        attempts.append(time.monotonic())
+        if len(attempts) > 1:
+            return conn.respond(HTTPStatus.TOO_MANY_REQUESTS, "too many connections\n")
+        return None
+
+    async def talk(ws: ServerConnection) -> None:
+        for i in itertools.count():
+            await ws.send(f'{{"n":{i}}}')
+            await asyncio.sleep(0.02)
+
+    with ws_server(talk, process_request=refuse_after_first) as (url, _):
+        conn, frames, _ = connect(url, max_age_s=0.2)
+        try:
+            wait_for(lambda: len(frames) >= 60)  # ~1.2 s, most of it past the age
+        finally:
+            conn.stop()
+    assert frames == [f'{{"n":{i}}}' for i in range(len(frames))]  # the old one, read on
+    assert 2 <= len(attempts) <= 10, len(attempts)  # backoff 0.2-0.4 s: about 5
+
+
+def detach_then_note(
+    reader: LinkReader, link: Link, polled: threading.Event, after_poll: list[bool]
+) -> None:
+    """Detach ``link`` as its connection's thread does; note whether the worker polled first."""
+    reader.detach(link)
+    after_poll.append(polled.is_set())
+
+
+def test_each_detach_waits_for_the_worker_also_when_a_link_is_read_again():
+    """A replaced connection is read, let go, read again for the overlap, and let go again.
+
+    Its thread closes the socket as soon as detach returns, so every detach must wait until
+    the worker's next poll has let go of the socket, not only the first one.
+    """
+    sock, peer = socket.socketpair()
+    link = Link(cast(websocket.WebSocket, SimpleNamespace(sock=sock)), "ws://test")
+    reader = LinkReader(lambda t, ns, url, texts: None)
+    try:
+        for _ in range(2):
+            reader.attach(link)
+            reader.poll()  # the worker reads it
+            polled = threading.Event()
+            after_poll: list[bool] = []
+            thread = threading.Thread(
+                target=detach_then_note, args=(reader, link, polled, after_poll)
+            )
+            thread.start()
+            thread.join(0.5)  # no poll meanwhile: detach must still be waiting
+            polled.set()
+            reader.poll()
+            thread.join(5)
+            assert after_poll == [True]
+    finally:
+        sock.close()
+        peer.close()
+
+
+def test_a_socket_closed_before_its_attach_took_effect_ends_the_link_not_the_worker():
+    """After a detach timed out (worker stuck), the thread closes the socket; a stale attach
+    of it must not raise in the worker's poll."""
+    sock, peer = socket.socketpair()
+    link = Link(cast(websocket.WebSocket, SimpleNamespace(sock=sock)), "ws://test")
+    reader = LinkReader(lambda t, ns, url, texts: None)
+    reader.attach(link)
+    sock.close()
+    peer.close()
+    reader.poll()
+    assert link.ended.is_set()
+
+
+class TlsRecords:
+    """What an SSL socket does: each recv returns one TLS record at most, then wants to read."""
+
+    def __init__(self, records: list[bytes]) -> None:
+        self.records = deque(records)
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def recv(self, size: int) -> bytes:
+        if not self.records:
+            raise ssl.SSLWantReadError("The operation did not complete (read)")
+        return self.records.popleft()
+
+
+def test_over_tls_one_poll_reads_every_record_waiting_not_one():
+    """Binance is wss://: its frames come in small TLS records. A record shorter than a read's
+    size does not mean the socket is drained; stopping there read one frame per poll."""
+    texts = [f'{{"n":{i}}}'.encode() for i in range(50)]
+    tls = TlsRecords([bytes([0x81, len(t)]) + t for t in texts])  # a frame per record
+    link = Link(cast(websocket.WebSocket, SimpleNamespace(sock=tls)), "wss://test")
+    frames: list[str] = []
+    reader = LinkReader(lambda t, ns, url, got: frames.extend(got))
+    reader.attach(link)
+    reader.poll()
+    assert frames == [t.decode() for t in texts]
+    assert not link.ended.is_set()
