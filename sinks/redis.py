@@ -493,6 +493,10 @@ class RedisSink(DynamicSink[OutputEvent]):
             socket_timeout=o.socket_timeout_s,
             socket_connect_timeout=o.socket_timeout_s,
             retry=Retry(NoBackoff(), 0),  # the partition retries, with its own policy
+            # RESP2 unless the URL asks otherwise (?protocol=3): redis-py 8 speaks RESP3 by
+            # default, where a server may push out-of-band messages (maintenance
+            # notifications) into the replies that the sink reads itself (sinks/resp.py).
+            protocol=2,
         )
         logger.info(
             "redis sink %s: worker %d/%d writes %s to %s (prefix %r)",

@@ -119,7 +119,10 @@ def _parse(buf: bytes, pos: int) -> tuple[object, int] | None:
     if kind == 0x23:  # '#' boolean
         return line == b"t", after
     if kind == 0x2C:  # ',' double
-        return float(line), after
+        try:
+            return float(line), after
+        except ValueError:
+            raise ReplyProtocolError(f"a ',' reply with no number: {line[:60]!r}") from None
     if kind in (0x2A, 0x7E, 0x3E, 0x25, 0x7C):  # '*' array, '~' set, '>' push, '%' map, '|' attr
         count = _int(line, kind)
         if count < 0:

@@ -49,6 +49,9 @@ MAX_READ_BYTES = 8 * RECV_BYTES
 """Bytes read per connection and poll at most (2 MiB): the rest waits for the next poll."""
 WATCH_S = 0.25
 """How often a connection's thread checks for its stop, its age and the end of an overlap."""
+OVERLAP_MAX_S = 5.0
+"""How much longer than the overlap a replacement waits for the worker to read the old
+connection empty before closing it anyway."""
 DETACH_WAIT_S = 2.0
 """How long a connection's thread waits for the worker to let go of a socket before closing it
 anyway (the worker is then stuck in a long batch or gone)."""
@@ -94,8 +97,8 @@ class Link:
     """
 
     __slots__ = (
-        "decoder", "ended", "last_frame", "opened_at", "plain", "reason", "replace_at", "sock",
-        "url", "ws",
+        "attached", "decoder", "drained_at", "ended", "last_frame", "opened_at", "plain", "reason",
+        "replace_at", "sock", "url", "ws",
     )  # fmt: skip
 
     def __init__(self, ws: websocket.WebSocket, url: str) -> None:
@@ -109,6 +112,10 @@ class Link:
         self.opened_at = time.monotonic()  # its age counts from here, overlap included
         self.replace_at = float("inf")  # when its thread opens a replacement (monotonic)
         self.last_frame = self.opened_at
+        # When the worker last read it empty (the start of that poll, monotonic): everything
+        # the socket had received before then has been read.
+        self.drained_at = 0.0
+        self.attached = False  # its thread asked the reader to read it (and not to stop since)
         self.reason = ""
         self.ended = threading.Event()
 
@@ -136,6 +143,7 @@ class LinkReader:
         self._requests: deque[tuple[Link, threading.Event | None]] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self.polled_at = time.monotonic()  # the last poll's start
 
     def attach(self, link: Link) -> None:
         """Have ``link`` read from the next poll on (called by its connection's thread)."""
@@ -168,11 +176,11 @@ class LinkReader:
 
     def poll(self) -> None:
         """Read whatever every attached connection has received; hand on complete frames."""
+        now = self.polled_at = time.monotonic()
         if self._requests:
             self._apply_requests()
         if not self._links:
             return
-        now = time.monotonic()
         for link in list(self._links):
             self._read(link, now)
 
@@ -196,48 +204,50 @@ class LinkReader:
 
     def _read(self, link: Link, now: float) -> None:
         sock = link.sock
-        if sock is None:  # websocket-client dropped it: shut down
+        if sock is None or link.ws.sock is None:  # shut down by its thread (a late detach)
             self._end(link, "the socket was shut down")
             return
         on_frames = self._on_frames
         budget = MAX_READ_BYTES
-        try:
-            while budget > 0:
+        while budget > 0:
+            try:
                 data = sock.recv(RECV_BYTES)
-                if not data:
-                    self._end(link, "connection closed by the server without a close frame")
+            except (BlockingIOError, ssl.SSLWantReadError):
+                link.drained_at = now
+                break  # nothing more for now
+            except OSError as exc:
+                self._end(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+                return
+            if not data:
+                self._end(link, "connection closed by the server without a close frame")
+                return
+            recv_time = time.time()
+            recv_ns = time.perf_counter_ns()
+            link.last_frame = now
+            try:
+                messages = link.decoder.feed(data)
+            except ProtocolError as exc:
+                logger.error("%s: %s; reconnecting", _short(link.url), exc)
+                self._end(link, f"protocol error: {exc}")
+                return
+            texts: list[str] = []
+            for opcode, payload in messages:
+                if opcode == OP_TEXT or opcode == OP_BINARY:
+                    texts.append(payload.decode("utf-8", "replace"))
+                elif opcode == OP_PING:
+                    _send(link.ws.pong, payload)  # Binance drops a connection that does not
+                elif opcode == OP_CLOSE:
+                    if texts:
+                        on_frames(recv_time, recv_ns, link.url, texts)
+                    _send(link.ws.send_close)  # the closing handshake: answer, then shut
+                    self._end(link, close_reason(payload))
                     return
-                recv_time = time.time()
-                recv_ns = time.perf_counter_ns()
-                link.last_frame = now
-                try:
-                    messages = link.decoder.feed(data)
-                except ProtocolError as exc:
-                    logger.error("%s: %s; reconnecting", _short(link.url), exc)
-                    self._end(link, f"protocol error: {exc}")
-                    return
-                texts: list[str] = []
-                for opcode, payload in messages:
-                    if opcode == OP_TEXT or opcode == OP_BINARY:
-                        texts.append(payload.decode("utf-8", "replace"))
-                    elif opcode == OP_PING:
-                        _send(link.ws.pong, payload)  # Binance drops a connection that does not
-                    elif opcode == OP_CLOSE:
-                        if texts:
-                            on_frames(recv_time, recv_ns, link.url, texts)
-                        _send(link.ws.send_close)  # the closing handshake: answer, then shut
-                        self._end(link, close_reason(payload))
-                        return
-                if texts:
-                    on_frames(recv_time, recv_ns, link.url, texts)
-                if len(data) < RECV_BYTES and link.plain:
-                    break  # drained (TLS: read on until it would block)
-                budget -= len(data)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            pass  # nothing more for now
-        except OSError as exc:
-            self._end(link, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-            return
+            if texts:
+                on_frames(recv_time, recv_ns, link.url, texts)
+            if len(data) < RECV_BYTES and link.plain:
+                link.drained_at = now
+                break  # drained (TLS: read on until it would block)
+            budget -= len(data)
         if now - link.last_frame > self._silence_s:
             self._end(link, f"silent for {self._silence_s:.0f}s")
 
@@ -341,43 +351,74 @@ class WsConnection:
             )
             self._on_state(ConnEvent(self.plan, ConnState.DISCONNECTED, reason))
             self._stop.wait(delay)
+        if link is not None:  # stopped during a replacement
+            self._detach(link)
+            _close(link.ws)
 
-    def _read(self, link: Link, until: float | None = None) -> str:
-        """Have ``link`` read until it ends (or ``until``, or its age is up); return why."""
-        self._reader.attach(link)
+    def _attach(self, link: Link) -> None:
+        if not link.attached:
+            link.attached = True
+            self._reader.attach(link)
+
+    def _detach(self, link: Link) -> None:
+        if link.attached:
+            link.attached = False
+            self._reader.detach(link)
+
+    def _read(self, link: Link) -> str:
+        """Have ``link`` read until it ends or its age is up; return why.
+
+        When its age is up (``"replace"``) it stays attached: the worker reads it on while the
+        replacement opens.
+        """
+        self._attach(link)
+        reason = "stopped"
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
-                if until is not None and now >= until:
-                    return "overlap over"
-                if until is None and now >= link.replace_at:
-                    return "replace"
-                wait = WATCH_S if until is None else min(WATCH_S, until - now)
-                if link.ended.wait(wait):
-                    return link.reason
+                if time.monotonic() >= link.replace_at:
+                    reason = "replace"
+                    return reason
+                if link.ended.wait(WATCH_S):
+                    reason = link.reason
+                    return reason
                 self._report_unread(link)
-            return "stopped"
+            return reason
         finally:
-            self._reader.detach(link)
+            if reason != "replace":
+                self._detach(link)
 
     def _report_unread(self, link: Link) -> None:
         """Tell the reader's owner when received data waits in the socket.
 
         A stalled worker stops reading, so only this thread can see that frames arrive and are
-        not processed (``/health``'s stall detection).
+        not processed (``/health``'s stall detection). Only when the worker has not polled for
+        a while: a working one reads what this thread sees (and a ping read without any frame
+        after it must not look like a frame never processed).
         """
         on_unread = self._reader.on_unread
         if on_unread is None or link.sock is None:
             return
+        at = time.time()
+        if time.monotonic() - self._reader.polled_at <= WATCH_S:
+            return
         try:
-            readable, _, _ = select.select([link.sock], [], [], 0)
+            poller = select.poll()
+            poller.register(link.sock, select.POLLIN)
+            readable = poller.poll(0)
         except (OSError, ValueError):  # closed meanwhile: the worker reports the end
             return
         if readable:
-            on_unread(time.time())
+            on_unread(at)
 
-    def _replace(self, old: Link) -> Link | None:
-        """Open a new connection, keep reading the old one briefly, then switch to the new one."""
+    def _replace(self, old: Link) -> Link:
+        """Open a new connection while the old one is read on, then switch to the new one.
+
+        The old one is let go only once the worker has read it empty after the overlap (from
+        the new one's opening): everything the old one received before the new one subscribed
+        is then read, and the new one carries the rest (frames seen on both are dropped
+        downstream by id). A worker too far behind to drain it within ``OVERLAP_MAX_S`` more
+        may lose a few frames: the books see a gap and resync.
+        """
         try:
             new = self._connect()
         except Exception as exc:
@@ -394,11 +435,25 @@ class WsConnection:
             )
             return old
         self._replace_failures = 0
-        # Frames on the old connection up to now are all read; the new one has been receiving
-        # since it opened, so everything after the overlap is on it (earlier ones are duplicates).
-        self._read(old, until=time.monotonic() + self.settings.overlap_s)
-        _close(old.ws)
+        until = new.opened_at + self.settings.overlap_s
+        deadline = until + OVERLAP_MAX_S
+        while not self._stop.is_set() and not old.ended.is_set():
+            now = time.monotonic()
+            if now >= until and old.drained_at >= until:
+                break
+            if now >= deadline:
+                logger.warning(
+                    "%s: the old connection was not read to its end %.1f s after the "
+                    "replacement opened (the worker is behind); closing it anyway",
+                    _short(self.plan.url), deadline - new.opened_at,
+                )  # fmt: skip
+                break
+            old.ended.wait(min(WATCH_S, until - now) if now < until else 0.02)
+        self._detach(old)
         self._link = new
+        self._attach(new)  # read the new one first, then close the old one
+        _send(old.ws.send_close)
+        old.ws.shutdown()  # not waiting for the server's answer to the close frame
         logger.info("replaced the connection to %s before its 24h cut", _short(self.plan.url))
         self._on_state(ConnEvent(self.plan, ConnState.REPLACED, "replaced before the 24h cut"))
         return new

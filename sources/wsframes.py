@@ -109,6 +109,8 @@ class FrameDecoder:
                 raise ProtocolError(f"a fragmented control frame (opcode {opcode:#x})")
             if len(payload) > 125:
                 raise ProtocolError(f"a control frame of {len(payload)} bytes (at most 125)")
+            if opcode == OP_CLOSE and len(payload) == 1:
+                raise ProtocolError("a close frame with a 1-byte body (a status code has 2)")
             out.append(Message(opcode, payload))  # may come between a message's fragments
         elif opcode in _DATA_OPS:
             if self._opcode:

@@ -607,3 +607,15 @@ def test_close_delivers_what_is_held_and_counts_what_it_cannot(
     assert sample("sink_drops_total", sink=lost, type="orderbook") == 1
     assert sample("sink_buffer_depth", sink=lost) == 0
     assert "1 trades and 1 book updates not delivered" in caplog.text
+
+
+@pytest.mark.parametrize(("query", "protocol"), [("", "2"), ("?protocol=3", "3")])
+def test_the_sink_speaks_resp2_unless_the_url_asks_for_resp3(query: str, protocol: str) -> None:
+    # The sink reads replies itself: RESP3 would let a server push out-of-band messages
+    # (maintenance notifications) between them. redis-py 8 defaults to RESP3.
+    options = RedisSinkOptions(url=f"redis://127.0.0.1:9/0{query}")  # never connected here
+    part = RedisSink(options, "redis:test").build("s", 0, 1)
+    try:
+        assert str(part._client.connection_pool.connection_kwargs["protocol"]) == protocol
+    finally:
+        part.close()

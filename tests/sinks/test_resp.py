@@ -88,6 +88,7 @@ def test_resp3_types_and_push_messages() -> None:
         (b"?what\r\n", "unknown reply type '?'"),
         (b":x\r\n", "':' reply with no number"),
         (b"$3\r\nabcXY", "not followed by CRLF"),
+        (b",nope\r\n", "',' reply with no number"),
     ],
 )
 def test_garbage_is_a_protocol_error(data: bytes, error: str) -> None:

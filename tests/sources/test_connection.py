@@ -77,8 +77,15 @@ class Polled:
         self._done = threading.Event()
         self._poller = threading.Thread(target=self._poll, daemon=True)
 
+    stall: tuple[float, float] | None = None  # (poll for s, then stall for s), repeated
+
     def _poll(self) -> None:
+        started = time.monotonic()
         while not self._done.wait(0.001):
+            if self.stall is not None:
+                busy, stalled = self.stall
+                if (time.monotonic() - started) % (busy + stalled) >= busy:
+                    continue  # the worker is busy elsewhere: nothing read
             self.reader.poll()
 
     def start(self) -> None:
@@ -92,8 +99,11 @@ class Polled:
         self.reader.close()
 
 
-def connect(url: str, **settings: float) -> tuple[Polled, list[str], list[ConnEvent]]:
+def connect(
+    url: str, stall: tuple[float, float] | None = None, **settings: float
+) -> tuple[Polled, list[str], list[ConnEvent]]:
     polled = Polled(url, ConnectionSettings(backoff=ExponentialBackoff(0.2, 0.4), **settings))
+    polled.stall = stall
     polled.start()
     return polled, polled.frames, polled.events
 
@@ -331,3 +341,46 @@ def test_over_tls_one_poll_reads_every_record_waiting_not_one():
     reader.poll()
     assert frames == [t.decode() for t in texts]
     assert not link.ended.is_set()
+
+
+def test_replacements_lose_nothing_while_the_worker_is_behind():
+    """Every replacement lets the old connection go only once the worker has read it empty.
+
+    The server broadcasts one numbered frame every 5 ms to every open connection, as the
+    exchange does to subscribers. The worker reads for 0.2 s, then is busy for 1.5 s (longer
+    than the 0.5 s overlap), again and again, while connections are replaced every 0.5 s:
+    frames sent before a replacement opened are only on the old connection, so closing it
+    unread would leave a hole in the numbers.
+    """
+    clients: set[ServerConnection] = set()
+    started: list[asyncio.Task[None]] = []
+
+    async def broadcast() -> None:
+        for n in itertools.count():
+            for ws in list(clients):
+                try:
+                    await ws.send(f'{{"n":{n}}}')
+                except Exception:
+                    clients.discard(ws)
+            await asyncio.sleep(0.005)
+
+    async def join(ws: ServerConnection) -> None:
+        if not started:
+            started.append(asyncio.get_running_loop().create_task(broadcast()))
+        clients.add(ws)
+        await ws.wait_closed()
+        clients.discard(ws)
+
+    with ws_server(join) as (url, opened):
+        conn, frames, events = connect(url, stall=(0.2, 1.5), max_age_s=0.5)
+        try:
+            wait_for(lambda: len(opened) >= 4, timeout=30)  # three replacements at least
+            time.sleep(1.0)
+        finally:
+            conn.stop()
+    seen = {int(f[5:-1]) for f in frames}
+    assert seen, "frames were read"
+    missing = sorted(set(range(min(seen), max(seen) + 1)) - seen)
+    assert missing == [], f"{len(missing)} frames lost, from {missing[:5]}"
+    replaced = [e for e in events if e.state is ConnState.REPLACED]
+    assert len(replaced) >= 3 and not [e for e in events if e.state is ConnState.DISCONNECTED]

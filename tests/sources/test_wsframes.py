@@ -108,6 +108,7 @@ def test_close_ping_and_pong_are_returned_in_stream_order() -> None:
         (frame(OP_PING, b"x", fin=False), "fragmented control frame"),
         (frame(OP_PING, b"x" * 126), "control frame of 126 bytes"),
         (frame(OP_CONTINUATION, b"x"), "continuation frame outside"),
+        (frame(OP_CLOSE, b"\x03"), "close frame with a 1-byte body"),
         (frame(OP_TEXT, b"a", fin=False) + frame(OP_TEXT, b"b"), "new message began"),
     ],
 )
