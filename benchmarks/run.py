@@ -12,13 +12,17 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
   one symbol at ``--e2e-rate`` updates/s, Redis sink: latency from the frame read off the socket
   to the Redis pipeline's return, after a warm-up, under each of ``--e2e-variants`` (``default``;
   ``low-latency``: the source busy-polls; ``-gc``: ``service.gc`` turned off, Python's own
-  collector settings), with the longest pause (gap between deliveries) and what GC did meanwhile;
+  collector settings), with the longest pause (gap between deliveries) and what GC did meanwhile,
+  and the latency from the exchange's event time ``E`` (the simulator shares the host's clock;
+  ``E`` is in ms): that one also counts time a frame waited in the socket before the worker read
+  it, and the simulator's own delay between making an update and sending it;
 * ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
   in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
   send rate, so the limiting side shows (see :mod:`benchmarks.live`).
 
 ``--cases`` picks some (default: all). It prints one markdown table (updates/s, p50/p99/p999 µs,
-the live cases' max latency, longest pause and simulator rate, peak RSS, ratio to the ceiling)
+the live cases' max latency, longest pause, latency from ``E`` and simulator rate, peak RSS,
+ratio to the ceiling)
 and writes the figures as JSON (``--json``; the live cases with their per-second figures). These
 are figures, not pass/fail tests: the machine is small and shared, so run it several times and
 compare medians. The live cases' frames are the simulator's (about 4 level changes each on
