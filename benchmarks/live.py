@@ -213,6 +213,7 @@ class LiveFigures:
     # includes any wait in the socket and up to 1 ms of E's rounding.
     event_p50_us: float | None
     event_p99_us: float | None
+    event_max_us: float | None  # a flow that stopped reading shows here, not in max_us
     longest_gap_ms: float  # the longest time a worker delivered nothing
     pauses: int  # gaps over PAUSE_MS (the longest of each second and worker)
     pauses_with_gc: int  # ... overlapped by a collection of GC_PAUSE_MS or more
@@ -302,6 +303,7 @@ def summarize(
         max_us=hist.max / 1e3,
         event_p50_us=event_hist.percentile(0.5) / 1e3 if event_hist.count else None,
         event_p99_us=event_hist.percentile(0.99) / 1e3 if event_hist.count else None,
+        event_max_us=event_hist.max / 1e3 if event_hist.count else None,
         longest_gap_ms=max(gaps_ms.values()),
         pauses=len(pauses),
         pauses_with_gc=len(with_gc),

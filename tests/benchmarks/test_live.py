@@ -59,6 +59,7 @@ def test_figures_leave_out_the_warm_up_and_the_last_second_and_find_gc_pauses() 
     assert f.p50_us == pytest.approx(1_000, rel=1 / 128)
     assert f.event_p50_us == pytest.approx(3_000, rel=1 / 128)
     assert f.event_p99_us == pytest.approx(3_000, rel=1 / 128)  # the 95+2 ms one is in the 1%
+    assert f.event_max_us == pytest.approx(97_000, rel=1 / 128)
     assert f.longest_gap_ms == pytest.approx(100)
     assert (f.pauses, f.pauses_with_gc) == (2, 1)  # the 50 ms GC at 1.5 s is in the warm-up
     assert f.gc_max_ms == 90 and f.gc_over_1ms == [0, 0, 1]
