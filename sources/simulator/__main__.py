@@ -149,12 +149,13 @@ def _quiet_gc() -> None:
     """A load generator must not pause: no full collections of what start-up made, few young ones.
 
     Without this, the simulator's full collections (12-21 ms alone, ~50 ms on a busy machine,
-    every ~8 s at 10,000 updates/s) showed up as pauses of the flow under test.
+    every ~8 s at 10,000 updates/s; with only gen0's threshold raised, one ~30 ms after ~28 s)
+    showed up as pauses of the flow under test.
     """
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(50_000, gen1, gen2)
+    # A full collection after 50,000 x 20 x 100 net allocations: ~8 minutes at full speed.
+    gc.set_threshold(50_000, 20, 100)
 
 
 def _print_stats(sim: Simulator) -> None:
