@@ -6,15 +6,18 @@ import asyncio
 import itertools
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http import HTTPStatus
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
 import websocket
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -384,3 +387,48 @@ def test_replacements_lose_nothing_while_the_worker_is_behind():
     assert missing == [], f"{len(missing)} frames lost, from {missing[:5]}"
     replaced = [e for e in events if e.state is ConnState.REPLACED]
     assert len(replaced) >= 3 and not [e for e in events if e.state is ConnState.DISCONNECTED]
+
+
+@pytest.fixture
+def tls_context(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ssl.SSLContext:
+    """A server TLS context with a self-signed certificate that websocket-client trusts."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("WEBSOCKET_CLIENT_CA_BUNDLE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_over_real_tls_every_frame_arrives_in_order_and_pings_are_answered(
+    tls_context: ssl.SSLContext,
+) -> None:
+    """Binance is wss://: the worker reads a non-blocking SSL socket (want-read, records)."""
+    answered: list[bool] = []
+
+    async def talk(ws: ServerConnection) -> None:
+        for i in range(300):  # a TLS record each, as Binance writes them
+            await ws.send(f'{{"n":{i},"pad":"{"x" * (i % 200)}"}}')
+        waiter = await ws.ping(b"tls?")
+        try:
+            await asyncio.wait_for(waiter, 2)
+            answered.append(True)
+        except TimeoutError:
+            answered.append(False)
+        await ws.send('{"n":300,"pad":""}')
+        await ws.wait_closed()
+
+    with ws_server(talk, ssl=tls_context) as (url, _):
+        conn, frames, events = connect(url.replace("ws://", "wss://", 1))
+        try:
+            wait_for(lambda: len(frames) == 301)
+        finally:
+            conn.stop()
+    assert [int(f[5 : f.index(",")]) for f in frames] == list(range(301))
+    assert answered == [True]
+    assert [e.state for e in events] == [ConnState.CONNECTED]
