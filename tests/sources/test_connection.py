@@ -112,6 +112,18 @@ def connect(
     return polled, polled.frames, polled.events
 
 
+def run_until(
+    url: str, done: Callable[[list[str], list[ConnEvent]], bool], **settings: float
+) -> tuple[list[str], list[ConnEvent]]:
+    """Connect, wait until ``done(frames, events)``, stop; return the frames and events."""
+    conn, frames, events = connect(url, None, **settings)
+    try:
+        wait_for(lambda: done(frames, events))
+    finally:
+        conn.stop()
+    return frames, events
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -126,11 +138,7 @@ def test_frames_are_delivered_with_receive_stamps_in_order():
         await ws.wait_closed()
 
     with ws_server(talk) as (url, _):
-        conn, frames, events = connect(url)
-        try:
-            wait_for(lambda: len(frames) == 50)
-        finally:
-            conn.stop()
+        frames, events = run_until(url, lambda frames, _: len(frames) == 50)
     assert frames == [f'{{"n":{i}}}' for i in range(50)]
     assert events[0].state is ConnState.CONNECTED
 
@@ -140,11 +148,7 @@ def test_a_silent_connection_is_dropped_and_reopened():
         await ws.wait_closed()  # never sends a frame (websockets still answers pings)
 
     with ws_server(silent) as (url, opened):
-        conn, _, events = connect(url, silence_timeout_s=1.0)
-        try:
-            wait_for(lambda: len(opened) >= 2)
-        finally:
-            conn.stop()
+        _, events = run_until(url, lambda *_: len(opened) >= 2, silence_timeout_s=1.0)
     lost = [e for e in events if e.state is ConnState.DISCONNECTED]
     assert lost and lost[0].reason == "silent for 1s"
     assert opened[1] - opened[0] >= 1.0 + 0.2  # the silence, then at least the initial backoff
@@ -155,44 +159,38 @@ def test_reconnects_back_off_after_the_server_drops_the_connection():
         await ws.close()
 
     with ws_server(hang_up) as (url, opened):
-        conn, _, events = connect(url)
-        try:
-            wait_for(lambda: len(opened) >= 4)
-        finally:
-            conn.stop()
+        _, events = run_until(url, lambda *_: len(opened) >= 4)
     gaps = [b - a for a, b in itertools.pairwise(opened)]
     assert all(0.19 <= g <= 1.0 for g in gaps), gaps  # jittered within [0.2, 0.4] s (+ latency)
     assert sum(e.state is ConnState.DISCONNECTED for e in events) >= 3
 
 
 def test_an_unreachable_server_is_retried_without_raising():
-    conn, _, events = connect("ws://127.0.0.1:9/public/stream?streams=x@depth")  # discard port
-    try:
-        wait_for(lambda: len(events) >= 2)
-    finally:
-        conn.stop()
+    url = "ws://127.0.0.1:9/public/stream?streams=x@depth"  # the discard port
+    _, events = run_until(url, lambda _, events: len(events) >= 2)
     assert all(e.state is ConnState.DISCONNECTED for e in events)
+
+
+async def pong_comes(ws: ServerConnection, payload: bytes) -> bool:
+    """Ping the client; whether its pong comes within 2 s (Binance drops one that is silent)."""
+    waiter = await ws.ping(payload)
+    try:
+        await asyncio.wait_for(waiter, 2)
+    except TimeoutError:
+        return False
+    return True
 
 
 def test_pings_are_answered_and_fragmented_messages_arrive_whole():
     answered: list[bool] = []
 
     async def talk(ws: ServerConnection) -> None:
-        waiter = await ws.ping(b"are you there")
-        try:
-            await asyncio.wait_for(waiter, 2)  # Binance drops a connection that does not answer
-            answered.append(True)
-        except TimeoutError:
-            answered.append(False)
+        answered.append(await pong_comes(ws, b"are you there"))
         await ws.send(['{"part":', "1", "}"])  # one text message in three frames
         await ws.wait_closed()
 
     with ws_server(talk) as (url, _):
-        conn, frames, _ = connect(url)
-        try:
-            wait_for(lambda: len(frames) == 1)
-        finally:
-            conn.stop()
+        frames, _ = run_until(url, lambda frames, _: len(frames) == 1)
     assert answered == [True]
     assert frames == ['{"part":1}']
 
@@ -210,11 +208,7 @@ def test_the_servers_close_code_is_the_reason_and_stop_closes_properly():
         codes.append(ws.close_code)  # what our stop() sent
 
     with ws_server(talk) as (url, _):
-        conn, frames, events = connect(url)
-        try:
-            wait_for(lambda: frames == ['{"n":1}'])
-        finally:
-            conn.stop()
+        _, events = run_until(url, lambda frames, _: frames == ['{"n":1}'])
         wait_for(lambda: len(codes) == 2)
     lost = [e.reason for e in events if e.state is ConnState.DISCONNECTED]
     assert lost[0] == "closed by server (1008: too many requests)"
@@ -229,11 +223,7 @@ def test_a_protocol_violation_drops_the_connection_and_reconnects():
         await ws.wait_closed()
 
     with ws_server(talk) as (url, opened):
-        conn, frames, events = connect(url)
-        try:
-            wait_for(lambda: len(opened) >= 2)
-        finally:
-            conn.stop()
+        frames, events = run_until(url, lambda *_: len(opened) >= 2)
     lost = [e.reason for e in events if e.state is ConnState.DISCONNECTED]
     assert lost[0] == "protocol error: the server sent a masked frame"
     assert frames[:2] == ['{"n":1}', '{"n":1}']  # the frame before it, then the new connection's
@@ -259,11 +249,8 @@ def test_a_replacement_that_cannot_connect_is_tried_again_after_a_backoff():
             await asyncio.sleep(0.02)
 
     with ws_server(talk, process_request=refuse_after_first) as (url, _):
-        conn, frames, _ = connect(url, max_age_s=0.2)
-        try:
-            wait_for(lambda: len(frames) >= 60)  # ~1.2 s, most of it past the age
-        finally:
-            conn.stop()
+        # ~1.2 s, most of it past the age
+        frames, _ = run_until(url, lambda frames, _: len(frames) >= 60, max_age_s=0.2)
     assert frames == [f'{{"n":{i}}}' for i in range(len(frames))]  # the old one, read on
     assert 2 <= len(attempts) <= 10, len(attempts)  # backoff 0.2-0.4 s: about 5
 
@@ -417,21 +404,13 @@ def test_over_real_tls_every_frame_arrives_in_order_and_pings_are_answered(
     async def talk(ws: ServerConnection) -> None:
         for i in range(300):  # a TLS record each, as Binance writes them
             await ws.send(f'{{"n":{i},"pad":"{"x" * (i % 200)}"}}')
-        waiter = await ws.ping(b"tls?")
-        try:
-            await asyncio.wait_for(waiter, 2)
-            answered.append(True)
-        except TimeoutError:
-            answered.append(False)
+        answered.append(await pong_comes(ws, b"tls?"))
         await ws.send('{"n":300,"pad":""}')
         await ws.wait_closed()
 
     with ws_server(talk, ssl=tls_context) as (url, _):
-        conn, frames, events = connect(url.replace("ws://", "wss://", 1))
-        try:
-            wait_for(lambda: len(frames) == 301)
-        finally:
-            conn.stop()
+        wss = url.replace("ws://", "wss://", 1)
+        frames, events = run_until(wss, lambda frames, _: len(frames) == 301)
     assert [int(f[5 : f.index(",")]) for f in frames] == list(range(301))
     assert answered == [True]
     assert [e.state for e in events] == [ConnState.CONNECTED]
