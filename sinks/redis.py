@@ -433,13 +433,13 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             tally.latency_us.observe(elapsed_ns / 1e3)
             tally.latency_s.observe(elapsed_ns / 1e9)
             # The exchange's clock may run ahead of ours: never a negative observation.
-            tally.event_to_publish_s.observe(max(0.0, done_s - item.event_time_ms / 1e3))
+            since_event_s = max(0.0, done_s - item.event_time_ms / 1e3)
+            tally.event_to_publish_s.observe(since_event_s)
             report = self._report
             if report is not None:
                 if book:
                     report.recorder.record(elapsed_ns, done_ns)
-                    since_event_ns = int(done_s * 1e9) - item.event_time_ms * 1_000_000
-                    report.event_recorder.record(max(0, since_event_ns), done_ns)
+                    report.event_recorder.record(round(since_event_s * 1e9), done_ns)
                 else:
                     report.trades += 1
 

@@ -2,8 +2,9 @@
 
 A :class:`WsConnection`'s thread connects (websocket-client does the handshake), reconnects
 with capped exponential backoff and full jitter, and replaces its connection before the
-exchange's 24-hour cut by opening the new one first, letting the old one be read for a short
-overlap, then switching (frames seen twice are dropped downstream by id). It does not read.
+exchange's 24-hour cut by opening the new one first and letting the old one go once the worker
+has read it empty after a short overlap (frames seen twice are dropped downstream by id). It
+does not read.
 
 The partition's :class:`LinkReader` reads every open connection from the worker's own thread,
 in ``next_batch``: non-blocking ``recv`` of up to 256 KiB, every complete frame split out at
@@ -102,8 +103,10 @@ class Link:
     )  # fmt: skip
 
     def __init__(self, ws: websocket.WebSocket, url: str) -> None:
+        if ws.sock is None:
+            raise websocket.WebSocketConnectionClosedException("connected without a socket")
         self.ws = ws
-        self.sock = ws.sock
+        self.sock: socket.socket = ws.sock
         # A short read drains only a plain socket: over TLS a recv returns one record at most
         # (often one frame), and more may wait in the kernel or the SSL object.
         self.plain = type(self.sock) is socket.socket
@@ -124,9 +127,8 @@ class LinkReader:
     """Reads the open connections of one partition, on the thread that calls :meth:`poll`.
 
     Connection threads :meth:`attach` and :meth:`detach` links; the changes take effect at the
-    start of the next poll, so the worker is never reading a socket that is being closed. A
-    link may be attached again after a detach (the old connection read for the overlap of a
-    replacement): each detach waits for its own poll.
+    start of the next poll, so the worker is never reading a socket that is being closed; a
+    detach returns once that poll has let go of the socket.
     """
 
     def __init__(
@@ -190,8 +192,6 @@ class LinkReader:
                 link, let_go = self._requests.popleft()
                 if let_go is None:
                     try:
-                        if link.sock is None:
-                            raise OSError("no socket")
                         link.sock.setblocking(False)
                     except OSError:  # closed meanwhile (its thread's detach timed out)
                         self._end(link, "closed before it could be read")
@@ -203,10 +203,10 @@ class LinkReader:
                     let_go.set()
 
     def _read(self, link: Link, now: float) -> None:
-        sock = link.sock
-        if sock is None or link.ws.sock is None:  # shut down by its thread (a late detach)
+        if link.ws.sock is None:  # shut down by its thread (after a detach timed out)
             self._end(link, "the socket was shut down")
             return
+        sock = link.sock
         on_frames = self._on_frames
         budget = MAX_READ_BYTES
         while budget > 0:
@@ -372,20 +372,14 @@ class WsConnection:
         replacement opens.
         """
         self._attach(link)
-        reason = "stopped"
-        try:
-            while not self._stop.is_set():
-                if time.monotonic() >= link.replace_at:
-                    reason = "replace"
-                    return reason
-                if link.ended.wait(WATCH_S):
-                    reason = link.reason
-                    return reason
-                self._report_unread(link)
-            return reason
-        finally:
-            if reason != "replace":
-                self._detach(link)
+        while not self._stop.is_set():
+            if time.monotonic() >= link.replace_at:
+                return "replace"
+            if link.ended.wait(WATCH_S):
+                break
+            self._report_unread(link)
+        self._detach(link)
+        return link.reason if link.ended.is_set() else "stopped"
 
     def _report_unread(self, link: Link) -> None:
         """Tell the reader's owner when received data waits in the socket.
@@ -396,7 +390,7 @@ class WsConnection:
         after it must not look like a frame never processed).
         """
         on_unread = self._reader.on_unread
-        if on_unread is None or link.sock is None:
+        if on_unread is None:
             return
         at = time.time()
         if time.monotonic() - self._reader.polled_at <= WATCH_S:
