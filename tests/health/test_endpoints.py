@@ -194,13 +194,21 @@ def test_two_processes_share_one_port_and_merge_their_metrics(tmp_path, redis):
                 logs,
             )
             assert total(found, "market_data_processes_reporting") == 2
+
             # Each process's books are in its report; their series reach process 0's /metrics.
-            owners = {}
-            for i in range(2):
-                report = (shared / f"process-{i}.json").read_text()
-                for s in symbols:
-                    if f'"{s}"' in report.split('"links"')[0]:
-                        owners[s] = i
+            # The reports are rewritten periodically, so the metrics can be ahead of them.
+            def book_owners() -> dict[str, int]:
+                owners = {}
+                for i in range(2):
+                    report = (shared / f"process-{i}.json").read_text()
+                    for s in symbols:
+                        if f'"{s}"' in report.split('"links"')[0]:
+                            owners[s] = i
+                return owners
+
+            owners = wait_until(
+                book_owners, lambda o: set(o) == set(symbols), 5, "every book in a report", logs
+            )
             assert set(owners) == set(symbols)
             assert set(owners.values()) == {0, 1}, f"books all in one process: {owners}"
             for s in symbols:
