@@ -19,6 +19,10 @@ SCALE = 100_000_000
 """Units per whole price or quantity."""
 DECIMALS = 8
 
+SOURCE_BATCH = 128
+"""Events a source hands the dataflow per batch, at most: small enough that what one step made is
+still in the CPU caches when the next step reads it (docs/architecture.md, "Batches")."""
+
 Level = tuple[int, int]
 """A ``(price_units, quantity_units)`` pair."""
 

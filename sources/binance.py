@@ -31,7 +31,15 @@ from health.cluster import detect
 from health.state import STATE
 from market_data.backoff import ExponentialBackoff
 from market_data.config import PipelineConfig
-from market_data.events import DepthDelta, DepthSnapshot, FrameError, Market, SourceEvent, Trade
+from market_data.events import (
+    SOURCE_BATCH,
+    DepthDelta,
+    DepthSnapshot,
+    FrameError,
+    Market,
+    SourceEvent,
+    Trade,
+)
 from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
 from market_data.placement import partition_names, place_symbols, worker_of_partition
 from market_data.shutdown import stop_requested
@@ -52,7 +60,7 @@ from sources.trade_fetcher import TradeFetcher
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 2000
+MAX_BATCH = SOURCE_BATCH
 _LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # a wake-up time already past: poll again now
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 

@@ -25,7 +25,7 @@ from typing_extensions import override
 from health.cluster import detect
 from market_data import MarketDataError, ParseError
 from market_data.config import PipelineConfig
-from market_data.events import FrameError, Ignored, Market, SourceEvent
+from market_data.events import SOURCE_BATCH, FrameError, Ignored, Market, SourceEvent
 from market_data.options import ReplayOptions
 from market_data.placement import partition_names, worker_of_key, worker_of_partition
 from market_data.shutdown import stop_requested
@@ -34,7 +34,7 @@ from sources.recording import Record, decode_record, read_lines, read_records
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = 1000
+BATCH_SIZE = SOURCE_BATCH
 SCAN_LIMIT = 20 * BATCH_SIZE  # records read per call at most, kept or not: the worker moves on
 _STREAM_PREFIX = '{"stream":"'
 _OTHERS = Record(0.0, "ws", "")  # stands for a line of another process's symbol, not decoded
