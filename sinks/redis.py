@@ -144,12 +144,13 @@ _BOOK_ENTRY_ID = _bulk(b"*")  # books: Redis assigns the id
 _DATA_FIELD = _bulk(b"data")
 
 
-def _read_replies(conn: AbstractConnection, n: int) -> list[object]:
+def _read_replies(conn: AbstractConnection, n: int) -> tuple[list[object], bool]:
     """Read the ``n`` replies to what was just sent on ``conn``, straight off its socket.
 
-    redis-py's ``read_response`` costs ~3 µs a reply; this ~0.3 (:mod:`sinks.resp`). Nothing
-    else reads this connection while the pool lends it to us, and it is dropped on any failure,
-    so redis-py's own reply buffer is always empty here.
+    Returns them and whether any is an error reply. redis-py's ``read_response`` costs ~3 µs a
+    reply; this ~0.3 (:mod:`sinks.resp`). Nothing else reads this connection while the pool
+    lends it to us, and it is dropped on any failure, so redis-py's own reply buffer is always
+    empty here.
     """
     sock = conn._sock
     if sock is None:
@@ -168,13 +169,15 @@ def _read_replies(conn: AbstractConnection, n: int) -> list[object]:
             f"Redis sent more than the {n} replies expected ({reader.ready} more replies, "
             f"{reader.buffered} more bytes)"
         )
+    if not reader.errors:
+        return replies, False
     for reply in replies:
         # LOADING, NOAUTH, WRONGPASS...: redis-py's parsers raise these (ConnectionError
         # subclasses) instead of returning them, so they fail the attempt and it is retried;
         # returned here they would count as refusals of the items and drop them.
         if isinstance(reply, RedisConnectionError):
             raise reply
-    return replies
+    return replies, True
 
 
 def _transient(error: Exception) -> bool:
@@ -302,8 +305,10 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
             commands.append(pub + data)
         return stream, publish
 
-    def _execute(self, commands: list[bytes]) -> list[object]:
-        """Send ``commands`` in one write and read their replies; a refusal is its exception.
+    def _execute(self, commands: list[bytes]) -> tuple[list[object], bool]:
+        """Send ``commands`` in one write; return their replies and whether any was refused.
+
+        A refusal is its exception, among the replies.
 
         Raises :class:`RedisError` or :class:`OSError` when the connection fails (then it is
         dropped, and how much Redis executed is unknown).
@@ -324,7 +329,7 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         commands: list[bytes] = []
         queued = [self._queue(commands, pending) for pending in writes]
         try:
-            replies = self._execute(commands)
+            replies, refused = self._execute(commands)
         except (RedisError, OSError) as exc:  # unknown how much Redis executed
             self._failed(writes, now, exc, maybe_sent=True)
             return False
@@ -332,29 +337,33 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
         done_s = time.time()
         retry: list[Pending] = []
         first_error: Exception | None = None
-        replies_iter = iter(replies)
-        for pending, (stream, publish) in zip(writes, queued, strict=True):
-            left, ok = Target(0), True
-            for target, sent in ((Target.STREAM, stream), (Target.PUBLISH, publish)):
-                if not sent:
-                    continue
-                reply = next(replies_iter)
-                if not isinstance(reply, Exception):
-                    continue
-                if target is Target.STREAM and _DUPLICATE_ID in str(reply):
-                    if not pending.maybe_sent:
-                        self._rejected(pending, reply, dropped=False)
-                elif _transient(reply):
-                    left |= target
-                    first_error = first_error or reply
-                else:
-                    ok = False
-                    self._rejected(pending, reply, dropped=True)
-            if left:
-                retry.append(Pending(pending.item, left, pending.maybe_sent))
-            elif ok:
-                self._delivered(pending.item, done_ns, done_s)
-        self._flush_tallies()
+        if not refused:  # the usual case: every item delivered
+            self._delivered([pending.item for pending in writes], done_ns, done_s)
+        else:
+            delivered: list[BookUpdate | Trade] = []
+            replies_iter = iter(replies)
+            for pending, (stream, publish) in zip(writes, queued, strict=True):
+                left, ok = Target(0), True
+                for target, sent in ((Target.STREAM, stream), (Target.PUBLISH, publish)):
+                    if not sent:
+                        continue
+                    reply = next(replies_iter)
+                    if not isinstance(reply, Exception):
+                        continue
+                    if target is Target.STREAM and _DUPLICATE_ID in str(reply):
+                        if not pending.maybe_sent:
+                            self._rejected(pending, reply, dropped=False)
+                    elif _transient(reply):
+                        left |= target
+                        first_error = first_error or reply
+                    else:
+                        ok = False
+                        self._rejected(pending, reply, dropped=True)
+                if left:
+                    retry.append(Pending(pending.item, left, pending.maybe_sent))
+                elif ok:
+                    delivered.append(pending.item)
+            self._delivered(delivered, done_ns, done_s)
         if first_error is not None:
             self._failed(retry, now, first_error, maybe_sent=False)
             return False
@@ -419,32 +428,33 @@ class RedisPartition(StatelessSinkPartition[OutputEvent]):
                 "it is dropped" if dropped else "skipped in the stream (another writer?)",
             )
 
-    def _delivered(self, item: BookUpdate | Trade, done_ns: int, done_s: float) -> None:
-        tally = self._tallies.get(item.symbol)
-        if tally is None:
-            tally = self._tallies[item.symbol] = _Tally(item.symbol)
-        book = type(item) is BookUpdate
-        if book:
-            tally.books += 1
-        else:
-            tally.trades += 1
-        if item.recv_ns > 0:
-            elapsed_ns = done_ns - item.recv_ns
-            tally.latency_us.observe(elapsed_ns / 1e3)
-            tally.latency_s.observe(elapsed_ns / 1e9)
-            # The exchange's clock may run ahead of ours: never a negative observation.
-            since_event_s = max(0.0, done_s - item.event_time_ms / 1e3)
-            tally.event_to_publish_s.observe(since_event_s)
-            report = self._report
-            if report is not None:
-                if book:
-                    report.recorder.record(elapsed_ns, done_ns)
-                    report.event_recorder.record(round(since_event_s * 1e9), done_ns)
-                else:
-                    report.trades += 1
-
-    def _flush_tallies(self) -> None:
-        for tally in self._tallies.values():
+    def _delivered(self, items: list[BookUpdate | Trade], done_ns: int, done_s: float) -> None:
+        """Count ``items``, written by the pipeline that returned at ``done_ns``/``done_s``."""
+        tallies = self._tallies
+        report = self._report
+        for item in items:
+            tally = tallies.get(item.symbol)
+            if tally is None:
+                tally = tallies[item.symbol] = _Tally(item.symbol)
+            book = type(item) is BookUpdate
+            if book:
+                tally.books += 1
+            else:
+                tally.trades += 1
+            if item.recv_ns > 0:
+                elapsed_ns = done_ns - item.recv_ns
+                tally.latency_us.observe(elapsed_ns / 1e3)
+                tally.latency_s.observe(elapsed_ns / 1e9)
+                # The exchange's clock may run ahead of ours: never a negative observation.
+                since_event_s = max(0.0, done_s - item.event_time_ms / 1e3)
+                tally.event_to_publish_s.observe(since_event_s)
+                if report is not None:
+                    if book:
+                        report.recorder.record(elapsed_ns, done_ns)
+                        report.event_recorder.record(round(since_event_s * 1e9), done_ns)
+                    else:
+                        report.trades += 1
+        for tally in tallies.values():
             tally.flush()
 
     def _error_counter(self, symbol: str) -> Counter:

@@ -30,15 +30,18 @@ class ReplyReader:
     ``feed`` adds bytes; ``pop(n)`` returns the first ``n`` complete replies or ``None`` while
     fewer have arrived. Bulk strings come back as ``bytes``, simple strings as ``bytes``,
     integers as ``int``, nulls as ``None``, arrays (and RESP3 maps, sets, pushes) as lists,
-    errors as exception objects; RESP3 push messages are skipped.
+    errors as exception objects; RESP3 push messages are skipped. ``errors`` counts the error
+    replies parsed so far (not errors inside arrays), so a reader of many replies can tell at
+    once that none failed.
     """
 
-    __slots__ = ("_buf", "_pos", "_replies")
+    __slots__ = ("_buf", "_pos", "_replies", "errors")
 
     def __init__(self) -> None:
         self._buf = b""
         self._pos = 0  # where the next unparsed reply starts in _buf
         self._replies: list[object] = []
+        self.errors = 0
 
     def feed(self, data: bytes) -> None:
         """Add the next bytes received and parse every reply they complete."""
@@ -66,6 +69,8 @@ class ReplyReader:
             reply, pos = parsed
             if reply is not PUSH:
                 replies.append(reply)
+                if isinstance(reply, Exception):
+                    self.errors += 1
         self._pos = pos
 
     @property

@@ -66,6 +66,16 @@ def test_errors_are_returned_as_redis_py_exceptions_between_other_replies() -> N
     assert type(got[1]) is ResponseError and "equal or smaller" in str(got[1])
     assert isinstance(got[2], ReadOnlyError)
     assert isinstance(got[3], ResponseError) and str(got[3]).startswith("MISCONF")
+    assert reader.errors == 3  # how the sink knows, without looking at each reply
+
+
+def test_a_reader_of_only_good_replies_counts_no_errors() -> None:
+    reader = ReplyReader()
+    reader.feed(b":1\r\n$15\r\n1700000000000-0\r\n+OK\r\n")
+    assert reader.pop(3) == [1, b"1700000000000-0", b"OK"]
+    assert reader.errors == 0
+    reader.feed(b"!9\r\nERR bulky\r\n")
+    assert reader.errors == 1
 
 
 def test_resp3_types_and_push_messages() -> None:
