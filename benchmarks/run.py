@@ -62,7 +62,7 @@ class Row:
     case: str
     updates: int
     seconds: float
-    updates_per_s: float
+    updates_per_s: float | None  # None: not measured
     p50_us: float | None = None
     p99_us: float | None = None
     p999_us: float | None = None
@@ -290,22 +290,29 @@ def replay_rows(args: argparse.Namespace, streams: list[Stream], total: int) -> 
                 # median of the pairs': this machine's speed drifts by 10-20% over minutes (the
                 # ceiling alone measured 31k-39k frames/s in one afternoon), which moved ratios
                 # against a ceiling measured once at the start by as much.
-                runs, ratios = [], []
+                runs, ceilings = [], []
                 for _ in range(args.runs):
-                    ceiling_s = core.ceiling(streams)[1]
-                    seconds, rss = run_flow(paths, sink, topology, folder)
-                    runs.append((seconds, rss))
-                    if seconds > base:
-                        ratios.append(ceiling_s / (seconds - base))
-                seconds = statistics.median(s for s, _ in runs) - base
+                    ceilings.append(core.ceiling(streams)[1])
+                    runs.append(run_flow(paths, sink, topology, folder))
                 case = f"flow: replay -> {sink}, {topology}"
-                if seconds <= 0:  # --quick: a start-up slower than the base run's hides the work
-                    case += " (shorter than start-up: not measured)"
+                work = [s - base for s, _ in runs]
+                rss = max(r for _, r in runs)
+                if min(work) <= 0:  # --quick: a start-up slower than the base run's hid the work
+                    rows.append(
+                        Row(
+                            f"{case} (shorter than start-up: not measured)",
+                            total,
+                            statistics.median(s for s, _ in runs),
+                            None,
+                            peak_rss_mib=rss,
+                        )
+                    )
+                    continue
+                seconds = statistics.median(work)
+                ratio = statistics.median(c / w for c, w in zip(ceilings, work, strict=True))
                 rows.append(
-                    Row(case, total, seconds, total / seconds if seconds > 0 else float("nan"),
-                        peak_rss_mib=max(r for _, r in runs),
-                        vs_ceiling=statistics.median(ratios) if seconds > 0 else None)
-                )  # fmt: skip
+                    Row(case, total, seconds, total / seconds, peak_rss_mib=rss, vs_ceiling=ratio)
+                )
     return rows
 
 
@@ -347,7 +354,7 @@ def table(rows: list[Row]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r.case} | {r.updates:,} | {r.updates_per_s:,.0f} | {f(r.p50_us, '.1f')} | "
+            f"| {r.case} | {r.updates:,} | {f(r.updates_per_s, ',.0f')} | {f(r.p50_us, '.1f')} | "
             f"{f(r.p99_us, '.1f')} | {f(r.p999_us, '.1f')} | {f(r.max_ms, '.1f')} | "
             f"{f(r.pause_ms, '.1f')} | {_pair(r.event_p50_us, r.event_p99_us)} | "
             f"{f(r.source_per_s, ',.0f')} | "

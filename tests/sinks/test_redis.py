@@ -309,26 +309,32 @@ def test_a_refused_write_is_counted_and_the_rest_goes_through(
     part = make(mode="streams")
     sink = f"redis:{prefix.rstrip(':')}"
     errors_before = sample("redis_errors_total", symbol="BTCUSDT")
+    published_before = sample("redis_publishes_total", symbol="BTCUSDT", type="trade")
+    delivered_before = sample("redis_publishes_total", symbol="ETHUSDT", type="trade")
     with caplog.at_level(logging.ERROR, logger="sinks.redis"):
         part.write_batch([trade("BTCUSDT", 1), trade("ETHUSDT", 2), trade("BTCUSDT", 3)])
     assert sample("sink_drops_total", sink=sink, type="trade") == 2
     assert sample("redis_errors_total", symbol="BTCUSDT") - errors_before == 2
+    assert sample("redis_publishes_total", symbol="BTCUSDT", type="trade") == published_before
+    assert sample("redis_publishes_total", symbol="ETHUSDT", type="trade") == delivered_before + 1
     assert sample("sink_buffer_depth", sink=sink) == 0
     assert len(caplog.records) == 1 and "WRONGTYPE" in caplog.text
     assert [i for i, _ in stream_entries(client, f"{prefix}trades:ETHUSDT")] == [f"{T0 + 2}-2"]
 
 
-class LoadingRedis:
-    """A stand-in for a restarted Redis that is still reading its data set back into memory.
+class ScriptedRedis:
+    """A stand-in Redis whose answers to ``XADD`` and ``PUBLISH`` a test chooses.
 
-    It answers a client's set-up commands and refuses every ``XADD`` and ``PUBLISH`` with
-    ``LOADING``, as Redis does until the load is done.
+    ``answer(name)`` gets the command's name (``b"XADD"`` or ``b"PUBLISH"``) and returns the raw
+    RESP reply; set-up commands are answered as Redis would. Every write command is recorded in
+    ``commands`` as ``(name, key)``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+        self._answer_of = answer
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.refused = 0
+        self.commands: list[tuple[bytes, bytes]] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -349,8 +355,8 @@ class LoadingRedis:
                     while (command := commands.pop(1)) is not None:
                         name = command[0][0].upper()  # type: ignore[index]
                         if name in (b"XADD", b"PUBLISH"):
-                            self.refused += 1
-                            out += b"-LOADING Redis is loading the dataset in memory\r\n"
+                            self.commands.append((name, command[0][1]))  # type: ignore[index]
+                            out += self._answer_of(name)
                         elif name == b"HELLO":  # redis-py 8 speaks RESP3 by default
                             out += b"%1\r\n+proto\r\n:3\r\n"
                         else:
@@ -365,7 +371,7 @@ class LoadingRedis:
 
 def test_a_redis_still_loading_its_data_holds_the_writes_for_a_retry() -> None:
     """LOADING is a connection error to redis-py (retried), not a refusal of the item (dropped)."""
-    fake = LoadingRedis()
+    fake = ScriptedRedis(lambda _: b"-LOADING Redis is loading the dataset in memory\r\n")
     opts = RedisSinkOptions(
         url=fake.url, mode="streams", retry_initial_ms=60_000, retry_max_ms=60_000
     )
@@ -373,9 +379,46 @@ def test_a_redis_still_loading_its_data_holds_the_writes_for_a_retry() -> None:
     part = RedisSink(opts, sink, close_timeout_s=0.0).build("publish_redis", 0, 1)
     try:
         part.write_batch([trade("LOADUSDT", 1), trade("LOADUSDT", 2)])
-        assert fake.refused >= 1  # the writes reached it and were answered with LOADING
+        assert fake.commands  # the writes reached it and were answered with LOADING
         assert sample("sink_drops_total", sink=sink, type="trade") == 0
         assert sample("sink_buffer_depth", sink=sink) == 2  # held until Redis has loaded
+        assert sample("redis_publishes_total", symbol="LOADUSDT", type="trade") == 0
+    finally:
+        part.close()
+        fake.close()
+
+
+def test_a_transient_refusal_retries_only_the_refused_command_and_counts_the_item_once() -> None:
+    """OOM on the XADD, the PUBLISH accepted: only the XADD is sent again, and the item counts
+    as published once, when both are done."""
+    oom = [True]
+
+    def answer(name: bytes) -> bytes:
+        if name == b"XADD" and oom[0]:
+            return b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"
+        return b"$15\r\n1700000000000-1\r\n" if name == b"XADD" else b":1\r\n"
+
+    fake = ScriptedRedis(answer)
+    now = 1000.0
+    opts = RedisSinkOptions(url=fake.url, mode="both", retry_initial_ms=100, retry_max_ms=100)
+    symbol = f"O{uuid.uuid4().hex[:8].upper()}"
+    sink = f"redis:oom-{uuid.uuid4().hex[:6]}"
+    part = RedisPartition(
+        redis.Redis.from_url(opts.url), opts, sink, clock=lambda: now, close_timeout_s=0.0
+    )
+    try:
+        part.write_batch([trade(symbol, 1), book(symbol, 2)])  # both items refused on the XADD
+        assert sample("sink_buffer_depth", sink=sink) == 2
+        assert sample("redis_publishes_total", symbol=symbol, type="trade") == 0
+        assert sample("redis_publishes_total", symbol=symbol, type="orderbook") == 0
+        oom[0] = False
+        now += 0.1
+        part.write_batch([])  # the retry is due
+        assert sample("sink_buffer_depth", sink=sink) == 0
+        assert sample("redis_publishes_total", symbol=symbol, type="trade") == 1
+        assert sample("redis_publishes_total", symbol=symbol, type="orderbook") == 1
+        names = [name for name, _ in fake.commands]
+        assert names == [b"XADD", b"PUBLISH", b"XADD", b"PUBLISH", b"XADD", b"XADD"]
     finally:
         part.close()
         fake.close()

@@ -361,6 +361,21 @@ def test_futures_snapshot() -> None:
     )
 
 
+def test_levels_are_pairs_of_ints_on_every_path() -> None:
+    """The book keeps the parser's level tuples and publishes them as they are: each must be an
+    immutable (price, quantity) pair, whether the values were cached, new, or sent with extra
+    entries (longer entries keep their first two values)."""
+    new = f"7.{len(FUT_DEPTH)}7"  # a price string this process has not converted yet
+    frame = FUT_DEPTH.replace('["7.5040","813"]', f'["{new}","813","x"]')
+    for ev in (parse_frame(frame, 0.0), parse_frame(frame, 0.0)):  # uncached, then cached
+        assert isinstance(ev, DepthDelta)
+        for side in (ev.bids, ev.asks):
+            assert type(side) is tuple
+            assert all(type(lv) is tuple and len(lv) == 2 for lv in side)
+            assert all(type(p) is int and type(q) is int for p, q in side)
+        assert ev.bids[0] == (to_units(new), 813 * E8)
+
+
 def test_spot_snapshot_has_no_event_time() -> None:
     snap = parse_snapshot("NKNUSDT", SPOT_SNAPSHOT.encode(), 2.0)
     assert isinstance(snap, DepthSnapshot)
