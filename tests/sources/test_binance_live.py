@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from health.state import STATE
 from market_data.events import (
+    SOURCE_BATCH,
     BookState,
     BookStatus,
     BookUpdate,
@@ -303,10 +304,13 @@ def test_frames_left_after_a_batch_show_as_the_partitions_backlog() -> None:
     with one_partition() as (name, part):
         frame = '{"stream":"x@aggTrade","data":{"e":"kline","s":"BTCUSDT"}}'
         part._on_frames(0.0, 0, "ws://x", [frame] * 2_500)  # what a stalled worker leaves
-        part.next_batch()  # at most MAX_BATCH items per batch
-        assert counter("source_backlog", partition=name) >= 500
-        while part.next_batch():
-            pass
+        # At most SOURCE_BATCH events a batch: small enough to stay in the CPU caches.
+        assert len(part.next_batch()) == SOURCE_BATCH
+        assert counter("source_backlog", partition=name) == 2_500 - SOURCE_BATCH
+        sizes = []
+        while batch := part.next_batch():
+            sizes.append(len(batch))
+        assert max(sizes) == SOURCE_BATCH and sum(sizes) == 2_500 - SOURCE_BATCH
         assert counter("source_backlog", partition=name) == 0
     assert counter("source_backlog", partition=name) == 0
 
