@@ -80,7 +80,34 @@ def weighted_get(url: str, budget: WeightBudget, lock: threading.Lock, weight: i
 SnapshotCallback = Callable[[DepthSnapshot | FrameError], None]
 
 
-class SnapshotFetcher:
+class RestWorker:
+    """A daemon thread that makes REST requests one at a time, and how it starts and stops.
+
+    Subclasses keep their queue of requests under ``_cond``, wait on it in ``_run`` and return
+    from ``_run`` once ``_stop`` is set (``stop`` sets it and wakes them).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._cond = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread (a request in flight finishes or times out)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class SnapshotFetcher(RestWorker):
     """Fetches snapshots for the symbols :meth:`request`-ed, one at a time, in a thread."""
 
     def __init__(
@@ -107,21 +134,8 @@ class SnapshotFetcher:
         self._rng = rng or random.Random()
         self._pending: dict[str, float] = {}  # symbol -> not before (monotonic)
         self._failures: dict[str, int] = {}
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
         self.in_flight: str | None = None
-
-    def start(self) -> None:
-        """Start the fetching thread."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread (an request in flight finishes or times out)."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
+        super().__init__("snapshots")
 
     def request(self, symbol: str, reason: str, delay_s: float = 0.0) -> None:
         """Ask for a snapshot of ``symbol`` (once, however often it is asked before it is sent)."""

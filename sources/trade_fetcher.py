@@ -23,7 +23,7 @@ from market_data.events import FrameError, Market
 from sources.backfill import Page
 from sources.parse import parse_agg_trades
 from sources.policy import AGG_TRADES_PAGE, WeightBudget, agg_trades_url, agg_trades_weight
-from sources.snapshots import weighted_get
+from sources.snapshots import RestWorker, weighted_get
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ and the same snapshot rate and book recovery (longest without a correct book 2.4
 """
 
 
-class TradeFetcher:
+class TradeFetcher(RestWorker):
     """Fetches the aggTrades pages :meth:`request`-ed, one at a time, in a thread."""
 
     def __init__(
@@ -61,20 +61,7 @@ class TradeFetcher:
         self._deliver = deliver
         self._defer = defer  # True while requests must wait (snapshots due)
         self._pending: dict[str, tuple[float, int, int]] = {}  # symbol -> (not before, ep, id)
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="trade-backfill", daemon=True)
-
-    def start(self) -> None:
-        """Start the fetching thread."""
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the thread (a request in flight finishes or times out)."""
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
-        self._thread.join(timeout)
+        super().__init__("trade-backfill")
 
     def request(self, symbol: str, episode: int, from_id: int, delay_s: float = 0.0) -> None:
         """Ask for the page of ``symbol`` from ``from_id`` (replaces one not yet sent)."""
