@@ -60,7 +60,6 @@ from sources.trade_fetcher import TradeFetcher
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = SOURCE_BATCH
 _LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # a wake-up time already past: poll again now
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 
@@ -186,9 +185,9 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         gates = self._gates
         if self._filling:
             self._expire_backfills(out)
-        if len(queue) < MAX_BATCH:
+        if len(queue) < SOURCE_BATCH:
             self.reader.poll()  # the sockets, read here: what is not read waits in the kernel
-        while queue and len(out) < MAX_BATCH:
+        while queue and len(out) < SOURCE_BATCH:
             item = queue.popleft()
             kind = item[0]
             if kind == _FRAME:

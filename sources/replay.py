@@ -34,8 +34,7 @@ from sources.recording import Record, decode_record, read_lines, read_records
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = SOURCE_BATCH
-SCAN_LIMIT = 20 * BATCH_SIZE  # records read per call at most, kept or not: the worker moves on
+SCAN_LIMIT = 20 * SOURCE_BATCH  # records read per call at most, kept or not: the worker moves on
 _STREAM_PREFIX = '{"stream":"'
 _OTHERS = Record(0.0, "ws", "")  # stands for a line of another process's symbol, not decoded
 _LINE_STREAM_PREFIX = b'"frame":"{\\"stream\\":\\"'  # the same, in a recording's JSON line
@@ -174,7 +173,7 @@ class _ReplayPartition(StatefulSourcePartition[SourceEvent, int]):
         share = self._share
         scan_limit = sys.maxsize if share is None else SCAN_LIMIT  # unshared: batches as before
         scanned = 0
-        while len(out) < BATCH_SIZE and scanned < scan_limit:
+        while len(out) < SOURCE_BATCH and scanned < scan_limit:
             rec = self._held
             self._held = None
             if rec is None:

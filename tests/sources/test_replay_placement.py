@@ -15,12 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from market_data import MarketDataError
-from market_data.events import Market, OutputEvent
+from market_data.events import SOURCE_BATCH, Market, OutputEvent
 from market_data.options import ReplayOptions
 from market_data.placement import worker_of_key
 from sources.recording import Record, encode_record, write_records
 from sources.replay import (
-    BATCH_SIZE,
     SCAN_LIMIT,
     ReplaySource,
     symbol_of_line,
@@ -211,4 +210,4 @@ def test_a_partition_with_nothing_of_its_own_hands_the_worker_back_between_slice
     with pytest.raises(StopIteration):
         part.next_batch()
     mine = source.build_part("replay", source.list_parts()[1], None)  # process 1's
-    assert len(list(mine.next_batch())) == BATCH_SIZE
+    assert len(list(mine.next_batch())) == SOURCE_BATCH
