@@ -371,6 +371,18 @@ def run_case(
     return summarize(case, reports, warmup_s, sim.traffic, rss)
 
 
+FLAT_OUT_RATE = 100_000
+"""Updates/s asked per symbol when the simulator is to go as fast as it can (far beyond it)."""
+FLAT_OUT_BACKLOG = 5_000
+"""Frames queued for a client at most before the simulator pauses generating (load tests)."""
+
+
+def throughput_symbols(n: int) -> list[str]:
+    """``n`` symbol names for the flat-out cases: real ones first, then ``SYM<i>USDT``."""
+    names = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
+    return (names + [f"SYM{i}USDT" for i in range(n)])[:n]
+
+
 def throughput_case(
     processes: int,
     *,
@@ -381,18 +393,16 @@ def throughput_case(
     gc: str = "{}",
 ) -> LiveFigures:
     """The simulator as fast as it goes over ``symbols`` symbols, the flow in ``processes``."""
-    names = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
-    chosen = (names + [f"SYM{i}USDT" for i in range(symbols)])[:symbols]
     topology = "1 process" if processes == 1 else f"{processes} processes"
     tuned = "" if gc == "{}" else f", gc {gc}"
     return run_case(
         f"throughput: simulator ws -> redis, {symbols} symbols, {topology}{tuned}",
-        chosen,
-        rate=100_000,  # per symbol: far beyond what the simulator can generate
+        throughput_symbols(symbols),
+        rate=FLAT_OUT_RATE,
         processes=processes,
         warmup_s=warmup_s,
         measure_s=measure_s,
-        max_backlog=5_000,
+        max_backlog=FLAT_OUT_BACKLOG,
         redis_url=redis_url,
         gc=gc,
     )

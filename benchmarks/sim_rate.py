@@ -26,7 +26,6 @@ import websocket
 from benchmarks import live
 
 MARKER = b'"depthUpdate"'
-NAMES = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT", "XRPUSDT", "ADAUSDT", "DOGEUSDT"]
 
 
 @dataclass
@@ -50,7 +49,7 @@ class MarkerCounter:
         self.count = 0
         self._tail = b""  # the end of the last chunk: the start of a split marker
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         """Count the markers that end in ``chunk``."""
         data = self._tail + chunk
         self.count += data.count(self.marker)
@@ -93,7 +92,7 @@ class _Reader:
                 return
             if not n:
                 return
-            self.counter.feed(bytes(view[:n]))
+            self.counter.feed(view[:n])
 
 
 def _cpu_s(pid: int) -> float:
@@ -109,11 +108,11 @@ def measure(
     *,
     warmup_s: float = 3.0,
     measure_s: float = 10.0,
-    rate: float = 100_000,
-    max_backlog: int = 5_000,
+    rate: float = live.FLAT_OUT_RATE,
+    max_backlog: int = live.FLAT_OUT_BACKLOG,
 ) -> SimRate:
     """Run the simulator flat out against ``connections`` readers; the figures after warm-up."""
-    chosen = (NAMES + [f"SYM{i}USDT" for i in range(symbols)])[:symbols]
+    chosen = live.throughput_symbols(symbols)
     groups = [chosen[i::connections] for i in range(connections)]
     with live.simulator(chosen, rate, max_backlog=max_backlog) as sim:
         readers = []

@@ -271,7 +271,7 @@ class Exchange:
             sorted(batch.bids.items(), reverse=True),
             sorted(batch.asks.items()),
         )
-        return Frame(depth_stream(symbol, speed, self.market), symbol, data, depth=True)
+        return Frame(st.depth_streams[speed], symbol, data, depth=True)
 
     def _agg_trades(self, symbol: str, st: _Symbol, now_ms: int, encode: bool) -> list[Frame]:
         """Publish the pending trades: kept for REST, and their frames if ``encode``."""

@@ -30,7 +30,7 @@ CHECKPOINT_EVERY = 1_000
 """Updates between two full copies of the book kept by :class:`BookHistory`."""
 _DEPTH_RATE = 1 / 25
 """Rate of the exponential draw of a change's depth (levels from the touch): mean 25."""
-_NV_MAGICCONST = 4 * exp(-0.5) / sqrt(2.0)  # as random.NV_MAGICCONST
+_NV_MAGICCONST = 4 * exp(-0.5) / sqrt(2.0)  # as random.NV_MAGICCONST (not in typeshed)
 
 
 class SimulatorError(MarketDataError):
@@ -130,9 +130,6 @@ class BookSide:
 
     def __len__(self) -> int:
         return len(self.prices)
-
-    def __contains__(self, price: object) -> bool:
-        return price in self.qty
 
     def items(self) -> list[Level]:
         """Every level, lowest price first."""
