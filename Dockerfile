@@ -12,10 +12,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/app/.venv/bin:$PATH
 
-# make runs the README's commands; Debian's own versions of it are fine.
+# make runs the README's commands; gcc builds the optional C speedups (market_data/_speedups.c;
+# without it the same Python code runs, slower). Debian's own versions of both are fine.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make \
+    && apt-get install -y --no-install-recommends make gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 app
 

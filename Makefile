@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: install test lint demo replay clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml market_data/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -16,6 +16,7 @@ from health.cluster import detect
 from market_data.config import AppConfig, PipelineConfig
 from market_data.events import Market
 from market_data.registry import OPERATORS, SINKS, SOURCES
+from market_data.speedups import describe as describe_speedups
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def build_dataflow(config: AppConfig) -> Dataflow:
     """The dataflow for every pipeline of ``config``; pins the process if the config asks."""
     apply_cpu_affinity(config.service.cpu_affinity, detect().process_id)
     flow = Dataflow(FLOW_ID)
+    logger.info("%s", describe_speedups())
     for pipeline in config.pipelines:
         _add_pipeline(flow, pipeline)
     return flow

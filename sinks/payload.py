@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from market_data.events import SCALE, BookUpdate, Level, Trade
+from market_data.speedups import SPEEDUPS
 
 BOOK_PREFIX = "orderbook"
 TRADE_PREFIX = "trades"
@@ -54,12 +55,24 @@ def trade_dict(trade: Trade) -> dict[str, Any]:
     }
 
 
+_fast_book = SPEEDUPS.book_json if SPEEDUPS is not None else None
+"""The C writer of the book payload (``market_data/_speedups.c``): the same bytes, or ``None``."""
+
+
 def encode_book(update: BookUpdate) -> bytes:
     """The ``orderbook:{SYMBOL}`` payload as JSON bytes.
 
-    Plain orjson: caching each level's JSON text measured faster on one repeated view but ~1.6x
-    slower over a real stream, where the cache's lookups miss the CPU caches.
+    The C writer when built: the same bytes as orjson's, about 7x faster (no float or list made per
+    level). Otherwise, or for a number it leaves to orjson, plain orjson: caching each level's JSON
+    text measured faster on one repeated view but ~1.6x slower over a real stream, where the
+    cache's lookups miss the CPU caches.
     """
+    if _fast_book is not None:
+        payload: bytes | None = _fast_book(
+            update.symbol, update.bids, update.asks, update.last_update_id, update.event_time_ms
+        )
+        if payload is not None:
+            return payload
     return orjson.dumps(book_dict(update))
 
 

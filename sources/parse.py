@@ -34,6 +34,7 @@ from market_data.events import (
     SourceEvent,
     Trade,
 )
+from market_data.speedups import SPEEDUPS
 
 _POW10 = tuple(10**i for i in range(DECIMALS + 1))
 EXCERPT_CHARS = 200
@@ -123,7 +124,15 @@ def _free_some() -> None:
         pass
 
 
+_fast_levels = SPEEDUPS.levels if SPEEDUPS is not None else None
+"""The C parser of a whole side (``market_data/_speedups.c``): the same result, or ``None``."""
+
+
 def _levels(raw: Any, side: str) -> tuple[Level, ...]:
+    if _fast_levels is not None:
+        found: tuple[Level, ...] | None = _fast_levels(raw)
+        if found is not None:
+            return found
     if type(raw) is not list:
         raise ParseError(f"{side} must be a list of [price, quantity]; got {type(raw).__name__}")
     units = _UNITS_CACHE

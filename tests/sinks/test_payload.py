@@ -12,6 +12,7 @@ from market_data.events import BookUpdate, Market, Trade
 from sinks.payload import book_dict, encode_book, encode_trade
 from sources.parse import to_units
 from tests.flows.helpers import FUTURES, SPOT, recorded_events, run_books
+from tests.implementations import implementation  # noqa: F401 (autouse)
 
 DECIMALS = st.decimals(min_value=Decimal("0.00000001"), max_value=Decimal("99999999999"), places=8)
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from market_data import MarketDataError, ParseError
 from market_data.events import DepthDelta, DepthSnapshot, FrameError, Ignored, Trade
 from sources.parse import EXCERPT_CHARS, parse_frame, parse_snapshot, to_units
+from tests.implementations import implementation  # noqa: F401 (autouse)
 
 E8 = 10**8
 

@@ -9,6 +9,7 @@ from sources import parse
 from sources.parse import parse_frame, to_units
 from sources.recording import Record, read_records
 from tests.flows.helpers import FUTURES, SPOT
+from tests.implementations import pure_python  # noqa: F401 (autouse)
 
 
 def test_cached_levels_equal_direct_conversion(monkeypatch):
