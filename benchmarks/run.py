@@ -48,6 +48,7 @@ from pathlib import Path
 from benchmarks import core, live
 from benchmarks.procs import max_rss_kib
 from benchmarks.streams import Stream, generate
+from market_data import speedups
 from sources.recording import Record, write_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -252,13 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     rows += [live_row(f) for f in figures]
 
     print(table(rows))
+    print(f"\n{speedups.describe()}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(
             {
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "load": os.getloadavg()},
+                            "load": os.getloadavg(), "speedups": speedups.describe()},
                 "args": vars(args),
                 "rows": [asdict(r) for r in rows],
                 "live": [asdict(f) for f in figures],

@@ -17,6 +17,7 @@
 #define DECIMALS 8     /* market_data.events.DECIMALS: a unit is 1e-8 */
 #define MAX_DIGITS 18  /* 10^18 - 1 fits in int64 */
 #define MAX_SIGNIFICANT 15  /* a decimal of up to 15 digits survives the round trip via a double */
+#define MAX_TEXT 640  /* the least sys.set_int_max_str_digits() limit: int() takes any shorter */
 
 /* The units of a plain non-negative decimal string ("7.6110" -> 761100000), as
  * sources.parse.to_units; -1 for anything else, or for units of more than MAX_DIGITS digits. */
@@ -28,6 +29,9 @@ units_of(PyObject *text)
     }
     const char *s = (const char *)PyUnicode_DATA(text);
     Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    if (n > MAX_TEXT) {  /* Python's int() may refuse it (leading zeros count there) */
+        return -1;
+    }
     int64_t value = 0;
     int any = 0, digits = 0, frac = 0, dot = 0;  /* digits: from the first non-zero one */
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -254,8 +258,8 @@ as_int(PyObject *v, long long *out)
     if (!PyLong_CheckExact(v)) {
         return 0;
     }
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);
-    return !overflow && !(*out == -1 && PyErr_Occurred());
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);  /* cannot fail on an exact int */
+    return !overflow;
 }
 
 /* The keys, brackets and two 64-bit integers of at most 20 characters: 109 characters. */
@@ -280,7 +284,6 @@ book_json(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!PyUnicode_CheckExact(symbol) || !PyUnicode_IS_COMPACT_ASCII(symbol)
         || !PyTuple_CheckExact(bids) || !PyTuple_CheckExact(asks)
         || !as_int(args[3], &last_update_id) || !as_int(args[4], &timestamp)) {
-        PyErr_Clear();
         Py_RETURN_NONE;
     }
     const char *sym = (const char *)PyUnicode_DATA(symbol);

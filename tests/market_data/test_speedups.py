@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import sysconfig
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -48,6 +49,17 @@ def test_the_extension_is_built_where_a_compiler_is() -> None:
         pytest.skip("turned off, or no C compiler here")
     assert C is not None, speedups.describe()
     assert speedups.describe().startswith("C speedups on")
+
+
+@needs_c
+def test_the_built_module_is_not_older_than_its_source() -> None:
+    # The build is optional: a C file that no longer compiles leaves the last good module in place
+    # (pip says so only in a warning), and the tests would then pass on old code.
+    source = Path(speedups.__file__).with_name("_speedups.c")
+    assert Path(C.__file__).stat().st_mtime >= source.stat().st_mtime, (
+        "market_data/_speedups.c changed since the module was built: pip install -e . again, "
+        "and read its warnings"
+    )
 
 
 def test_pure_python_env_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +127,7 @@ def test_levels_answers_every_wire_shaped_side(raw: list[list[str]]) -> None:
         [["1.123456789", "1"]],
         [["12345678901.0", "1"]],  # 19 digits in units: past int64 in C, exact in Python
         [["\u0663", "1"]],
+        [["0" * 4301 + "1", "1"]],  # int() refuses more than 4,300 digits, zeros included
     ],
 )
 def test_levels_leaves_the_unusual_to_python(raw: object) -> None:
