@@ -6,8 +6,8 @@
 The real source, book operator and shared-memory sink run in this process on the simulator
 (gaps, disconnects, duplicates, malformed and unknown frames, 429s, slow and lagging snapshots,
 late REST aggTrades answers).
-A checking sink compares every published book with the simulator's own book at that update id
-and records every trade; a thread samples resident memory (``VmRSS``) and open descriptors. At the
+A checking sink compares every published book, its levels and the JSON payload the sinks publish,
+with the simulator's own book at that update id and records every trade; a thread samples resident memory (``VmRSS``) and open descriptors. At the
 end it prints: books checked and wrong, resyncs, the longest time a symbol went without a correct
 book, trades missing or duplicated, RSS and descriptors at start and end.
 
@@ -40,9 +40,11 @@ from bytewax.testing import cluster_main, run_main
 from prometheus_client import REGISTRY
 
 from market_data.events import (
+    SCALE,
     BookState,
     BookStatus,
     BookUpdate,
+    Level,
     Market,
     OutputEvent,
     SourceEvent,
@@ -51,12 +53,13 @@ from market_data.events import (
 from market_data.options import BinanceFuturesOptions, OrderBookOptions
 from market_data.shutdown import reset as reset_shutdown
 from operators.orderbook import apply
+from sinks.payload import encode_book
 from sinks.shm import ShmSink
 from sources import parse
 from sources.binance import BinanceSource
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.faults import FaultConfig, parse_faults
-from sources.simulator.market import SimulatorError
+from sources.simulator.market import BookLevels, SimulatorError
 from sources.simulator.server import Simulator
 
 DEPTH = 10
@@ -98,6 +101,16 @@ def counter_sums(name: str, label: str | None = None) -> dict[str, float]:
 def open_fds() -> int:
     """Descriptors this process has open."""
     return len(os.listdir("/proc/self/fd"))
+
+
+def _published_as(ev: BookUpdate, truth: BookLevels) -> bool:
+    """The payload the sinks publish for ``ev`` carries the true book's levels as floats."""
+    payload = orjson.loads(encode_book(ev))
+    return payload["bids"] == _floats(truth.bids) and payload["asks"] == _floats(truth.asks)
+
+
+def _floats(levels: tuple[Level, ...]) -> list[list[float]]:
+    return [[p / SCALE, q / SCALE] for p, q in levels]
 
 
 class Checker:
@@ -153,7 +166,7 @@ class Checker:
             return
         self.books_checked += 1
         now = time.monotonic()
-        if (ev.bids, ev.asks) != (truth.bids, truth.asks):
+        if (ev.bids, ev.asks) != (truth.bids, truth.asks) or not _published_as(ev, truth):
             self.books_wrong += 1
             if len(self.wrong_examples) < 5:
                 self.wrong_examples.append(f"{ev.symbol} u={ev.last_update_id}")

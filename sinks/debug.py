@@ -17,15 +17,16 @@ from typing_extensions import override
 from market_data.config import PipelineConfig
 from market_data.events import BookStatus, BookUpdate, OutputEvent, Trade
 from market_data.options import JsonlSinkOptions, StdoutSinkOptions
-from sinks.payload import BOOK_PREFIX, TRADE_PREFIX, book_dict, trade_dict
+from sinks.payload import BOOK_PREFIX, TRADE_PREFIX, encode_book, trade_dict
 
 
 def line_of(ev: OutputEvent) -> bytes:
     """The JSON line (with newline) for one output event."""
     obj: dict[str, Any]
-    if isinstance(ev, BookUpdate):
-        obj = {"channel": f"{BOOK_PREFIX}:{ev.symbol}", "data": book_dict(ev)}
-    elif isinstance(ev, Trade):
+    if isinstance(ev, BookUpdate):  # orjson's bytes for the same object, with the payload's writer
+        channel = orjson.dumps(f"{BOOK_PREFIX}:{ev.symbol}")
+        return b'{"channel":' + channel + b',"data":' + encode_book(ev) + b"}\n"
+    if isinstance(ev, Trade):
         obj = {"channel": f"{TRADE_PREFIX}:{ev.symbol}", "data": trade_dict(ev)}
     elif isinstance(ev, BookStatus):
         obj = {
