@@ -7,9 +7,10 @@ The real source, book operator and shared-memory sink run in this process on the
 (gaps, disconnects, duplicates, malformed and unknown frames, 429s, slow and lagging snapshots,
 late REST aggTrades answers).
 A checking sink compares every published book, its levels and the JSON payload the sinks publish,
-with the simulator's own book at that update id and records every trade; a thread samples resident memory (``VmRSS``) and open descriptors. At the
-end it prints: books checked and wrong, resyncs, the longest time a symbol went without a correct
-book, trades missing or duplicated, RSS and descriptors at start and end.
+with the simulator's own book at that update id and records every trade; a thread samples
+resident memory (``VmRSS``) and open descriptors. At the end it prints: books checked and wrong,
+resyncs, the longest time a symbol went without a correct book, trades missing or duplicated, RSS
+and descriptors at start and end.
 
 Trades are counted in two places: where the source emitted them and where the flow published
 them. Binance does not replay aggTrades on a new connection; the source fetches the ones pushed

@@ -82,6 +82,7 @@ def to_units(text: str) -> int:
     return whole_units * _POW10[DECIMALS - len(frac)]
 
 
+# The Python path (the C parser, when built, takes every plain side first: see _levels).
 # Binance repeats the same price and quantity strings constantly (levels near the touch, round
 # lots); remembering their exact value makes most conversions one C-level lookup in an exact dict
 # (which the interpreter specialises; a dict subclass with __missing__ measured ~20% slower over
