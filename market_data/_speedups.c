@@ -207,6 +207,18 @@ write_units(char *out, int64_t units)
     return (int)(o - out);
 }
 
+/* True, with the value at out, when v is an int (not a subclass, not bool) within 64 bits. */
+static int
+as_int(PyObject *v, long long *out)
+{
+    int overflow;
+    if (!PyLong_CheckExact(v)) {
+        return 0;
+    }
+    *out = PyLong_AsLongLongAndOverflow(v, &overflow);  /* cannot fail on an exact int */
+    return !overflow;
+}
+
 #define LEVEL_MAX 48  /* "[" + 2 numbers of at most 21 characters + "," + "]" + "," */
 
 /* Writes a JSON array of levels; returns the end, or NULL to defer. */
@@ -220,14 +232,9 @@ write_levels(char *o, PyObject *levels)
         if (!PyTuple_CheckExact(level) || PyTuple_GET_SIZE(level) != 2) {
             return NULL;
         }
-        PyObject *price = PyTuple_GET_ITEM(level, 0), *qty = PyTuple_GET_ITEM(level, 1);
-        if (!PyLong_CheckExact(price) || !PyLong_CheckExact(qty)) {
-            return NULL;
-        }
-        int overflow_p, overflow_q;
-        long long p = PyLong_AsLongLongAndOverflow(price, &overflow_p);
-        long long q = PyLong_AsLongLongAndOverflow(qty, &overflow_q);
-        if (overflow_p || overflow_q || p < 0 || q < 0) {
+        long long p, q;
+        if (!as_int(PyTuple_GET_ITEM(level, 0), &p) || !as_int(PyTuple_GET_ITEM(level, 1), &q)
+            || p < 0 || q < 0) {
             return NULL;
         }
         if (i) {
@@ -249,17 +256,6 @@ write_levels(char *o, PyObject *levels)
     }
     *o++ = ']';
     return o;
-}
-
-static int
-as_int(PyObject *v, long long *out)
-{
-    int overflow;
-    if (!PyLong_CheckExact(v)) {
-        return 0;
-    }
-    *out = PyLong_AsLongLongAndOverflow(v, &overflow);  /* cannot fail on an exact int */
-    return !overflow;
 }
 
 /* The keys, brackets and two 64-bit integers of at most 20 characters: 109 characters. */

@@ -23,9 +23,13 @@ logger = logging.getLogger(__name__)
 PURE_ENV = "MARKET_DATA_PURE_PYTHON"
 
 
+def _turned_off() -> bool:
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
 def load() -> ModuleType | None:
     """The C module, or ``None`` when it is turned off, not built, or built for other units."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if _turned_off():
         return None
     try:
         from market_data import _speedups
@@ -48,6 +52,6 @@ def describe() -> str:
     """One line for the start-up log: which implementation runs."""
     if SPEEDUPS is not None:
         return "C speedups on (market_data._speedups)"
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if _turned_off():
         return f"C speedups off ({PURE_ENV} is set): pure Python"
     return "C speedups not built (no C compiler at install?): pure Python, slower"

@@ -62,10 +62,11 @@ _fast_book = SPEEDUPS.book_json if SPEEDUPS is not None else None
 def encode_book(update: BookUpdate) -> bytes:
     """The ``orderbook:{SYMBOL}`` payload as JSON bytes.
 
-    The C writer when built: the same bytes as orjson's, about 7x faster (no float or list made per
-    level). Otherwise, or for a number it leaves to orjson, plain orjson: caching each level's JSON
-    text measured faster on one repeated view but ~1.6x slower over a real stream, where the
-    cache's lookups miss the CPU caches.
+    The C writer when built: the same bytes as orjson's, with no float or list made per level (top
+    20: 8 -> 3.4 µs over a stream, 6 -> 1 µs with the levels in the CPU caches). Otherwise, or for
+    a number it leaves to orjson, plain orjson: caching each level's JSON text measured faster on
+    one repeated view but ~1.6x slower over a real stream, where the cache's lookups miss the CPU
+    caches.
     """
     if _fast_book is not None:
         payload: bytes | None = _fast_book(
