@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from market_data import speedups
 from tests.flows.helpers import FUTURES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,11 +71,28 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory) -> list[dict]:
+def single_run(tmp_path_factory) -> tuple[Path, str]:
+    """The output file and the log of one replay run in one worker."""
     tmp = tmp_path_factory.mktemp("single")
     proc = run(["flows.main"], replay_config(tmp, "books.jsonl"))
     assert proc.returncode == 0, proc.stderr
-    return lines([tmp / "books.jsonl"])
+    return tmp / "books.jsonl", proc.stderr
+
+
+@pytest.fixture(scope="module")
+def single(single_run) -> list[dict]:
+    return lines([single_run[0]])
+
+
+def test_pure_python_writes_the_same_bytes(single_run, tmp_path, monkeypatch):
+    # Without the C speedups (no compiler at install, or turned off) the output is identical.
+    monkeypatch.setenv(speedups.PURE_ENV, "1")
+    proc = run(["flows.main"], replay_config(tmp_path, "books.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert "C speedups off (MARKET_DATA_PURE_PYTHON is set)" in proc.stderr
+    if speedups.SPEEDUPS is not None:
+        assert "C speedups on" in single_run[1]
+    assert (tmp_path / "books.jsonl").read_bytes() == single_run[0].read_bytes()
 
 
 def test_replay_writes_the_contract_payloads(single):
