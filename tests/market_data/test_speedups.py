@@ -24,7 +24,8 @@ from sinks.payload import book_dict
 from sources import parse
 
 C: Any = speedups.SPEEDUPS
-needs_c = pytest.mark.skipif(C is None, reason="market_data._speedups is not built")
+NOT_HERE = "market_data._speedups is not built, or is turned off"
+needs_c = pytest.mark.skipif(C is None, reason=NOT_HERE)
 
 
 def _python_levels(raw: object) -> tuple[tuple[int, int], ...] | None:
@@ -186,7 +187,7 @@ def _significant(units: int) -> int:
 
 def test_book_json_writes_every_float_as_orjson_does() -> None:
     if C is None:
-        pytest.skip("market_data._speedups is not built")
+        pytest.skip(NOT_HERE)
     rng = random.Random(7)
     values = [0, 1, 999, 1000, 10**8, 10**15, 10**15 + 1, 2**63 - 1]
     for digits in range(1, 20):
