@@ -40,9 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import redis
+
 from benchmarks.procs import max_rss_kib
 from health.latency import ENV_VAR
 from market_data.histogram import LatencyHistogram, LatencyRecorder
+from sinks.redis import _read_replies
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 20.0
@@ -370,6 +373,36 @@ def run_case(
         raise RuntimeError(f"{case}: the flow wrote no latency report")
     return summarize(case, reports, warmup_s, sim.traffic, rss)
 
+
+def redis_round_trip(
+    url: str, count: int = 2_000, spacing_s: float = 0.0005
+) -> tuple[float, float]:
+    """p50 and p99 µs of one ``PUBLISH`` sent and answered as the Redis sink does it (one packed
+    write, the reply read off the socket), ``count`` times ``spacing_s`` apart: the part of the
+    live cases' latency that is this machine's, not the flow's."""
+    client = redis.Redis.from_url(url)
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    command = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$1\r\nx\r\n" % (
+        len(RTT_CHANNEL),
+        RTT_CHANNEL,
+    )
+    took = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter_ns()
+            conn.send_packed_command([command], check_health=False)
+            _read_replies(conn, 1)
+            took.append(time.perf_counter_ns() - start)
+            time.sleep(spacing_s)
+    finally:
+        pool.release(conn)
+        client.close()
+    took.sort()
+    return took[len(took) // 2] / 1e3, took[int(len(took) * 0.99)] / 1e3
+
+
+RTT_CHANNEL = b"market-data:benchmark:round-trip"
 
 FLAT_OUT_RATE = 100_000
 """Updates/s asked per symbol when the simulator is to go as fast as it can (far beyond it)."""

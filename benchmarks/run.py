@@ -18,7 +18,9 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
   it, and the simulator's own delay between making an update and sending it;
 * ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
   in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
-  send rate, so the limiting side shows (see :mod:`benchmarks.live`).
+  send rate, so the limiting side shows (see :mod:`benchmarks.live`). Before and after the live
+  cases it measures the Redis round trip of one ``PUBLISH`` as the sink sends it, the part of
+  their latency that is the machine's.
 
 ``--cases`` picks some (default: all). It prints one markdown table (updates/s, p50/p99/p999 µs,
 the live cases' max latency, longest pause, latency from ``E`` and simulator rate, peak RSS,
@@ -235,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         live_cases = []
     url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379")
     warmup_s, measure_s = args.live_warmup, args.live_seconds
+    round_trips: list[tuple[float, float]] = []  # before the live cases, and after
+    if live_cases:
+        round_trips.append(live.redis_round_trip(url))
     if "e2e" in live_cases:
         for variant in variants:
             poll, gc = E2E_VARIANTS[variant]
@@ -250,10 +255,17 @@ def main(argv: list[str] | None = None) -> int:
                     live.throughput_case(n, symbols=args.symbols, gc=gc, warmup_s=warmup_s,
                                          measure_s=measure_s, redis_url=url)
                 )  # fmt: skip
+    if live_cases:
+        round_trips.append(live.redis_round_trip(url))
     rows += [live_row(f) for f in figures]
 
     print(table(rows))
     print(f"\n{speedups.describe()}")
+    if round_trips:
+        print(
+            "Redis round trip of one PUBLISH as the sink sends it, before and after the live "
+            "cases: " + ", ".join(f"p50 {p50:.0f} µs, p99 {p99:.0f} µs" for p50, p99 in round_trips)
+        )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -264,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": vars(args),
                 "rows": [asdict(r) for r in rows],
                 "live": [asdict(f) for f in figures],
+                "redis_round_trip_us": [{"p50": p50, "p99": p99} for p50, p99 in round_trips],
             },
             indent=2,
         )

@@ -94,3 +94,9 @@ def test_a_tiny_live_run_measures_the_real_flow_on_the_simulator(url: str) -> No
     assert f.sim_sent_per_s > 0
     assert sum(s["count"] for s in f.seconds_by_interval) == f.updates
     assert time.monotonic() - started < 60
+
+
+def test_the_redis_round_trip_baseline_measures_one_reply_per_publish(url: str) -> None:
+    # _read_replies raises if a reply is missing or extra, so 50 in a row means each was one.
+    p50, p99 = live.redis_round_trip(url, count=50, spacing_s=0)
+    assert 0 < p50 <= p99
