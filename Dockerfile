@@ -13,7 +13,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PATH=/app/.venv/bin:$PATH
 
 # make runs the README's commands; gcc builds the optional C speedups (market_data/_speedups.c;
-# without it the same Python code runs, slower). Debian's own versions of both are fine.
+# without it the same Python code runs, slower). Debian's own versions of these are fine.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends make gcc libc6-dev \

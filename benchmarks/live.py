@@ -374,13 +374,17 @@ def run_case(
     return summarize(case, reports, warmup_s, sim.traffic, rss)
 
 
+RTT_CHANNEL = b"market-data:benchmark:round-trip"
+
+
 def redis_round_trip(
     url: str, count: int = 2_000, spacing_s: float = 0.0005
 ) -> tuple[float, float]:
     """p50 and p99 µs of one ``PUBLISH`` sent and answered as the Redis sink does it (one packed
-    write, the reply read off the socket), ``count`` times ``spacing_s`` apart: the part of the
-    live cases' latency that is this machine's, not the flow's."""
-    client = redis.Redis.from_url(url)
+    write, the reply read off the socket), ``count`` times ``spacing_s`` apart, with nothing else
+    running: the floor under the live cases' latency on this machine (with the flow and the
+    simulator on the same cores, a round trip takes longer)."""
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
     pool = client.connection_pool
     conn = pool.get_connection()
     command = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$1\r\nx\r\n" % (
@@ -392,8 +396,10 @@ def redis_round_trip(
         for _ in range(count):
             start = time.perf_counter_ns()
             conn.send_packed_command([command], check_health=False)
-            _read_replies(conn, 1)
+            replies, refused = _read_replies(conn, 1)
             took.append(time.perf_counter_ns() - start)
+            if refused:
+                raise RuntimeError(f"Redis at {url} refused PUBLISH: {replies[0]}")
             time.sleep(spacing_s)
     finally:
         pool.release(conn)
@@ -401,8 +407,6 @@ def redis_round_trip(
     took.sort()
     return took[len(took) // 2] / 1e3, took[int(len(took) * 0.99)] / 1e3
 
-
-RTT_CHANNEL = b"market-data:benchmark:round-trip"
 
 FLAT_OUT_RATE = 100_000
 """Updates/s asked per symbol when the simulator is to go as fast as it can (far beyond it)."""

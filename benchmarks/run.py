@@ -18,18 +18,18 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
   it, and the simulator's own delay between making an update and sending it;
 * ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
   in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
-  send rate, so the limiting side shows (see :mod:`benchmarks.live`). Before and after the live
-  cases it measures the Redis round trip of one ``PUBLISH`` as the sink sends it, the part of
-  their latency that is the machine's.
+  send rate, so the limiting side shows (see :mod:`benchmarks.live`).
 
 ``--cases`` picks some (default: all). It prints one markdown table (updates/s, p50/p99/p999 µs,
 the live cases' max latency, longest pause, latency from ``E`` and simulator rate, peak RSS,
 ratio to the ceiling: the median over the replay runs of each one's ratio to a ceiling run made
-just before it) and writes the figures as JSON (``--json``; the live cases with their per-second
-figures). These are figures, not pass/fail tests: the machine is small and shared, so run it
-several times and compare medians. The live cases' frames are the simulator's (about 4 level
-changes each on average), lighter than the replayed ones (1-40, about 20), so they are not
-compared with the ceiling.
+just before it), then which implementation ran (the C speedups or pure Python) and, with live
+cases, the Redis round trip of one ``PUBLISH`` as the sink sends it, measured alone before and
+after them (the floor under their latency on this machine); and writes the figures as JSON
+(``--json``; the live cases with their per-second figures). These are figures, not pass/fail
+tests: the machine is small and shared, so run it several times and compare medians. The live
+cases' frames are the simulator's (about 4 level changes each on average), lighter than the
+replayed ones (1-40, about 20), so they are not compared with the ceiling.
 """
 
 from __future__ import annotations
@@ -260,11 +260,14 @@ def main(argv: list[str] | None = None) -> int:
     rows += [live_row(f) for f in figures]
 
     print(table(rows))
-    print(f"\n{speedups.describe()}")
+    print(f"\n{speedups.STATUS}")
     if round_trips:
         print(
-            "Redis round trip of one PUBLISH as the sink sends it, before and after the live "
-            "cases: " + ", ".join(f"p50 {p50:.0f} µs, p99 {p99:.0f} µs" for p50, p99 in round_trips)
+            "Redis round trip of one PUBLISH as the sink sends it, alone: "
+            + "; ".join(
+                f"{when} the live cases p50 {p50:.0f} µs, p99 {p99:.0f} µs"
+                for when, (p50, p99) in zip(("before", "after"), round_trips, strict=False)
+            )
         )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -272,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                            "load": os.getloadavg(), "speedups": speedups.describe()},
+                            "load": os.getloadavg(), "speedups": speedups.STATUS},
                 "args": vars(args),
                 "rows": [asdict(r) for r in rows],
                 "live": [asdict(f) for f in figures],

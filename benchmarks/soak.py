@@ -6,11 +6,11 @@
 The real source, book operator and shared-memory sink run in this process on the simulator
 (gaps, disconnects, duplicates, malformed and unknown frames, 429s, slow and lagging snapshots,
 late REST aggTrades answers).
-A checking sink compares every published book, its levels and the JSON payload the sinks publish,
-with the simulator's own book at that update id and records every trade; a thread samples
-resident memory (``VmRSS``) and open descriptors. At the end it prints: books checked and wrong,
-resyncs, the longest time a symbol went without a correct book, trades missing or duplicated, RSS
-and descriptors at start and end.
+A checking sink compares every published book with the simulator's own book at that update id
+(and its JSON payload, byte for byte, with orjson's for the same book) and records every trade;
+a thread samples resident memory (``VmRSS``) and open descriptors. At the end it prints: books
+checked and wrong, resyncs, the longest time a symbol went without a correct book, trades missing
+or duplicated, RSS and descriptors at start and end.
 
 Trades are counted in two places: where the source emitted them and where the flow published
 them. Binance does not replay aggTrades on a new connection; the source fetches the ones pushed
@@ -41,11 +41,9 @@ from bytewax.testing import cluster_main, run_main
 from prometheus_client import REGISTRY
 
 from market_data.events import (
-    SCALE,
     BookState,
     BookStatus,
     BookUpdate,
-    Level,
     Market,
     OutputEvent,
     SourceEvent,
@@ -54,13 +52,13 @@ from market_data.events import (
 from market_data.options import BinanceFuturesOptions, OrderBookOptions
 from market_data.shutdown import reset as reset_shutdown
 from operators.orderbook import apply
-from sinks.payload import encode_book
+from sinks.payload import book_dict, encode_book
 from sinks.shm import ShmSink
 from sources import parse
 from sources.binance import BinanceSource
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.faults import FaultConfig, parse_faults
-from sources.simulator.market import BookLevels, SimulatorError
+from sources.simulator.market import SimulatorError
 from sources.simulator.server import Simulator
 
 DEPTH = 10
@@ -104,14 +102,10 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _published_as(ev: BookUpdate, truth: BookLevels) -> bool:
-    """The payload the sinks publish for ``ev`` carries the true book's levels as floats."""
-    payload = orjson.loads(encode_book(ev))
-    return payload["bids"] == _floats(truth.bids) and payload["asks"] == _floats(truth.asks)
-
-
-def _floats(levels: tuple[Level, ...]) -> list[list[float]]:
-    return [[p / SCALE, q / SCALE] for p, q in levels]
+def _published_right(ev: BookUpdate) -> bool:
+    """The payload the sinks publish for ``ev`` (the C writer's, when built) is, byte for byte,
+    the contract's JSON of ``ev`` as orjson writes it."""
+    return encode_book(ev) == orjson.dumps(book_dict(ev))
 
 
 class Checker:
@@ -167,7 +161,7 @@ class Checker:
             return
         self.books_checked += 1
         now = time.monotonic()
-        if (ev.bids, ev.asks) != (truth.bids, truth.asks) or not _published_as(ev, truth):
+        if (ev.bids, ev.asks) != (truth.bids, truth.asks) or not _published_right(ev):
             self.books_wrong += 1
             if len(self.wrong_examples) < 5:
                 self.wrong_examples.append(f"{ev.symbol} u={ev.last_update_id}")

@@ -13,10 +13,10 @@ from bytewax.dataflow import Dataflow
 
 from flows.affinity import apply_cpu_affinity
 from health.cluster import detect
+from market_data import speedups
 from market_data.config import AppConfig, PipelineConfig
 from market_data.events import Market
 from market_data.registry import OPERATORS, SINKS, SOURCES
-from market_data.speedups import describe as describe_speedups
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +27,10 @@ def build_dataflow(config: AppConfig) -> Dataflow:
     """The dataflow for every pipeline of ``config``; pins the process if the config asks."""
     apply_cpu_affinity(config.service.cpu_affinity, detect().process_id)
     flow = Dataflow(FLOW_ID)
-    logger.info("%s", describe_speedups())
+    if speedups.SPEEDUPS is None and not speedups.turned_off():
+        logger.warning("%s", speedups.STATUS)
+    else:
+        logger.info("%s", speedups.STATUS)
     for pipeline in config.pipelines:
         _add_pipeline(flow, pipeline)
     return flow

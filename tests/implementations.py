@@ -28,6 +28,10 @@ def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as mp:
         if request.param == "python":
             _turn_off(mp)
+        else:  # nothing left them patched
+            assert SPEEDUPS is not None
+            assert parse._fast_levels is SPEEDUPS.levels
+            assert payload._fast_book is SPEEDUPS.book_json
         yield request.param
 
 

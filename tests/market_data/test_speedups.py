@@ -6,7 +6,6 @@ unusual ones (where it may leave the answer to Python, but must not give a diffe
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sysconfig
@@ -19,9 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from market_data import ParseError, speedups
-from market_data.events import SCALE, BookUpdate
+from market_data.events import SCALE, BookUpdate, DepthDelta
+from sinks import payload
 from sinks.payload import book_dict
 from sources import parse
+from sources.parse import parse_frame
 
 C: Any = speedups.SPEEDUPS
 NOT_HERE = "market_data._speedups is not built, or is turned off"
@@ -46,10 +47,11 @@ def _python_book(update: BookUpdate) -> bytes:
 def test_the_extension_is_built_where_a_compiler_is() -> None:
     # It is optional at install; this catches a build that broke without anyone noticing.
     compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    if os.environ.get(speedups.PURE_ENV) or shutil.which(compiler) is None:
-        pytest.skip("turned off, or no C compiler here")
-    assert C is not None, speedups.describe()
-    assert speedups.describe().startswith("C speedups on")
+    headers = Path(sysconfig.get_paths()["include"], "Python.h")
+    if speedups.turned_off() or shutil.which(compiler) is None or not headers.exists():
+        pytest.skip("turned off, or no C compiler or Python headers here")
+    assert C is not None, speedups.STATUS
+    assert speedups.STATUS == speedups.ON
 
 
 @needs_c
@@ -63,11 +65,37 @@ def test_the_built_module_is_not_older_than_its_source() -> None:
     )
 
 
-def test_pure_python_env_turns_it_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(speedups.PURE_ENV, "1")
-    assert speedups.load() is None
-    monkeypatch.setattr(speedups, "SPEEDUPS", None)
-    assert "MARKET_DATA_PURE_PYTHON is set" in speedups.describe()
+@needs_c
+def test_the_parser_and_the_payload_call_the_c_functions(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The [c] runs of the parse and payload tests compare C with Python; this shows that C is what
+    # parse_frame and encode_book call first.
+    assert parse._fast_levels is C.levels and payload._fast_book is C.book_json
+    side = ((1, 2),)
+    monkeypatch.setattr(parse, "_fast_levels", lambda raw: side)
+    monkeypatch.setattr(payload, "_fast_book", lambda *args: b"from C")
+    frame = '{"e":"depthUpdate","E":1,"s":"X","U":1,"u":2,"pu":0,"b":[["1","1"]],"a":[]}'
+    ev = parse_frame(frame, 0.0)
+    assert isinstance(ev, DepthDelta) and ev.bids is side and ev.asks is side
+    assert payload.encode_book(BookUpdate("X", side, side, 1, 2, 0.0)) == b"from C"
+
+
+@pytest.mark.parametrize(
+    ("value", "off"), [("1", True), ("yes", True), ("0", False), ("", False), (None, False)]
+)
+def test_pure_python_env_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, off: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv(speedups.PURE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(speedups.PURE_ENV, value)
+    module, status = speedups.load()
+    assert speedups.turned_off() is off
+    if off:
+        assert module is None
+        assert status == "C speedups off (MARKET_DATA_PURE_PYTHON is set): pure Python"
+    else:
+        assert (module is None) is (C is None)
 
 
 # -- levels ---------------------------------------------------------------------------------------
@@ -126,7 +154,7 @@ def test_levels_answers_every_wire_shaped_side(raw: list[list[str]]) -> None:
         [["7.6", 1]],
         [["7.6", "1e3"]],
         [["1.123456789", "1"]],
-        [["12345678901.0", "1"]],  # 19 digits in units: past int64 in C, exact in Python
+        [["12345678901.0", "1"]],  # 19 digits in units: past C's 18-digit bound, exact in Python
         [["\u0663", "1"]],
         [["0" * 4301 + "1", "1"]],  # int() refuses more than 4,300 digits, zeros included
     ],
