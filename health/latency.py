@@ -27,6 +27,7 @@ Without the variable nothing is recorded and nothing is installed.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import os
@@ -35,8 +36,6 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from market_data.histogram import LatencyRecorder
 
@@ -137,8 +136,10 @@ class LatencyReport:
         }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(orjson.dumps(body))
-        except OSError as exc:
+            # The standard json module: a histogram's total of nanoseconds can pass 2**64 (an
+            # exchange clock years off), which orjson refuses. Written once, at the end.
+            self.path.write_text(json.dumps(body, separators=(",", ":")))
+        except (OSError, ValueError) as exc:
             logger.error("cannot write the latency report %s: %s", self.path, exc)
             return
         logger.info("latency report written to %s", self.path)

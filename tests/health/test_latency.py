@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import time
 import uuid
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from health.latency import ENV_VAR, gc_watch, report_from_env, report_path
+from health.latency import ENV_VAR, LatencyReport, gc_watch, report_from_env, report_path
 from market_data.config import PipelineConfig
 from market_data.events import BookUpdate, Trade
 from market_data.histogram import LatencyHistogram, LatencyRecorder
@@ -63,3 +64,18 @@ def test_redis_sink_writes_the_latency_of_delivered_books_on_close(
     assert 2_000_000 <= hist.max <= done - received[0]
     assert hist.min <= done - received[2]
     assert report["gc"]["thresholds"] and "long" in report["gc"]
+
+
+def test_a_report_is_written_even_when_event_times_are_years_off(tmp_path: Path) -> None:
+    # E years in the past (a recorded or generated stream): the nanosecond total passes 2**64.
+    report = LatencyReport(tmp_path / "lat.json", "redis:p", 0)
+    now = time.perf_counter_ns()
+    years_ns = 3 * 365 * 86_400 * 10**9
+    for i in range(300):
+        report.recorder.record(50_000, now + i)
+        report.event_recorder.record(years_ns, now + i)
+    report.write()
+    body = json.loads((tmp_path / "lat.json").read_text())
+    events = LatencyRecorder.from_dict(body["event_latency"])
+    assert sum(h.count for _, h, _ in events.intervals()) == 300
+    assert sum(h.total for _, h, _ in events.intervals()) == 300 * years_ns > 2**64
