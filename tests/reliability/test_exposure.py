@@ -84,7 +84,10 @@ pipelines:
         with flow:
             wait_until(lambda: "health: serving" in flow.log(), 20, "the sidecar")
             port = int(re.search(r"serving [^\"]* on http://127\.0\.0\.1:(\d+)", flow.log())[1])  # type: ignore[index]
-            wait_until(lambda: "book synced" in flow.log(), 20, "a synced book")
+            # /ready answers 200 once every symbol is synced, not the first one.
+            wait_until(
+                lambda: all(f"{s}: book synced" in flow.log() for s in SYMBOLS), 20, "synced books"
+            )
 
             # Bound to the configured host only (0.0.0.0 would show as 00000000).
             assert listening_addresses(port) == {"0100007F"}
