@@ -36,12 +36,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import redis
 
+from benchmarks.blaster import blaster
 from benchmarks.procs import max_rss_kib
 from health.latency import ENV_VAR
 from market_data.histogram import LatencyHistogram, LatencyRecorder
@@ -137,8 +138,15 @@ def _read_traffic(out: IO[str], traffic: SimTraffic) -> None:
             traffic.lines.append(json.loads(line))
 
 
+class Feed(Protocol):
+    """Where the flow connects: the simulator, or the blaster of pre-made frames."""
+
+    ws_url: str
+    rest_url: str
+
+
 def pipelines_yaml(
-    sim: Simulator,
+    sim: Feed,
     symbols: list[str],
     *,
     run_for_s: float,
@@ -346,15 +354,22 @@ def run_case(
     max_backlog: int | None = None,
     redis_url: str = "redis://127.0.0.1:6379",
     gc: str = "{}",
+    premade: int | None = None,
 ) -> LiveFigures:
-    """Start the simulator and the flow, let the flow run out, summarize its reports."""
+    """Start the simulator and the flow, let the flow run out, summarize its reports.
+
+    With ``premade``, the feed is :mod:`benchmarks.blaster` with that many frames per symbol,
+    made before the run and sent as fast as the flow reads them (``rate`` is then not used).
+    """
     # The flow's clock starts when its source does, after imports and the first connect; the
     # warm-up is counted from the first delivery, so the margin covers the snapshot sync.
     run_for_s = warmup_s + measure_s + 3.0
-    with (
-        tempfile.TemporaryDirectory(prefix="md-live-") as tmp,
-        simulator(symbols, rate, max_backlog=max_backlog) as sim,
-    ):
+    feed = (
+        simulator(symbols, rate, max_backlog=max_backlog)
+        if premade is None
+        else blaster(symbols, premade)
+    )
+    with tempfile.TemporaryDirectory(prefix="md-live-") as tmp, feed as sim:
         folder = Path(tmp)
         config = folder / "pipelines.yaml"
         config.write_text(
@@ -371,7 +386,8 @@ def run_case(
         reports = read_reports(folder)
     if not reports:
         raise RuntimeError(f"{case}: the flow wrote no latency report")
-    return summarize(case, reports, warmup_s, sim.traffic, rss)
+    traffic = sim.traffic if isinstance(sim, Simulator) else SimTraffic(sim.blaster.lines)
+    return summarize(case, reports, warmup_s, traffic, rss)
 
 
 RTT_CHANNEL = b"market-data:benchmark:round-trip"
@@ -428,12 +444,15 @@ def throughput_case(
     measure_s: float = 20.0,
     redis_url: str = "redis://127.0.0.1:6379",
     gc: str = "{}",
+    premade: int | None = None,
 ) -> LiveFigures:
-    """The simulator as fast as it goes over ``symbols`` symbols, the flow in ``processes``."""
+    """The simulator as fast as it goes over ``symbols`` symbols, the flow in ``processes``;
+    or, with ``premade``, that many frames per symbol made before the run (see ``run_case``)."""
     topology = "1 process" if processes == 1 else f"{processes} processes"
     tuned = "" if gc == "{}" else f", gc {gc}"
-    return run_case(
-        f"throughput: simulator ws -> redis, {symbols} symbols, {topology}{tuned}",
+    feed = "simulator" if premade is None else "pre-made frames"
+    figures = run_case(
+        f"throughput: {feed} ws -> redis, {symbols} symbols, {topology}{tuned}",
         throughput_symbols(symbols),
         rate=FLAT_OUT_RATE,
         processes=processes,
@@ -442,4 +461,10 @@ def throughput_case(
         max_backlog=FLAT_OUT_BACKLOG,
         redis_url=redis_url,
         gc=gc,
+        premade=premade,
     )
+    if premade is None:
+        return figures
+    # Pre-made frames carry the generator's event times (2023, ~50 ms apart), not when they
+    # were sent: no latency from E.
+    return replace(figures, event_p50_us=None, event_p99_us=None, event_max_us=None)

@@ -18,7 +18,10 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
   it, and the simulator's own delay between making an update and sending it;
 * ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
   in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
-  send rate, so the limiting side shows (see :mod:`benchmarks.live`).
+  send rate, so the limiting side shows (see :mod:`benchmarks.live`);
+* ``premade``: the same with frames made before the run and sent as fast as the flow reads them
+  (:mod:`benchmarks.blaster`), so the load generator leaves the flow and Redis nearly both cores:
+  what the flow can do when the simulator is not the limit.
 
 ``--cases`` picks some (default: all). It prints one markdown table (updates/s, p50/p99/p999 µs,
 the live cases' max latency, longest pause, latency from ``E`` and simulator rate, peak RSS,
@@ -159,7 +162,9 @@ def redis_answers() -> bool:
         return False
 
 
-CASES = ("core", "ceiling", "replay", "e2e", "throughput")
+CASES = ("core", "ceiling", "replay", "e2e", "throughput", "premade")
+PREMADE_PER_S = 22_000
+"""Frames made per symbol for each second of a ``premade`` run (two processes read ~21,500)."""
 GC_OFF = "{freeze: false, gen0_threshold: null}"  # service.gc is on by default
 E2E_VARIANTS = {  # name: (source poll_interval_ms, service.gc)
     "default": (1.0, "{}"),
@@ -231,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if "replay" in cases:
         rows += replay_rows(args, streams, total)
 
-    live_cases = [c for c in ("e2e", "throughput") if c in cases]
+    live_cases = [c for c in ("e2e", "throughput", "premade") if c in cases]
     if live_cases and not redis_answers():
         print("no Redis answers at $REDIS_URL or 127.0.0.1:6379: skipping", live_cases)
         live_cases = []
@@ -255,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
                     live.throughput_case(n, symbols=args.symbols, gc=gc, warmup_s=warmup_s,
                                          measure_s=measure_s, redis_url=url)
                 )  # fmt: skip
+    if "premade" in live_cases:
+        premade = round((warmup_s + measure_s + 8) * PREMADE_PER_S)
+        for n in (int(p) for p in args.throughput_processes.split(",")):
+            figures.append(
+                live.throughput_case(n, symbols=args.symbols, warmup_s=warmup_s,
+                                     measure_s=measure_s, redis_url=url, premade=premade)
+            )  # fmt: skip
     if live_cases:
         round_trips.append(live.redis_round_trip(url))
     rows += [live_row(f) for f in figures]

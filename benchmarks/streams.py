@@ -33,8 +33,10 @@ def _qty(rng: random.Random) -> str:
     return f"{rng.randint(1, 50_000) / 1000:.3f}"
 
 
-def generate(symbol: str, updates: int, seed: int = 1, levels: int = 1000) -> Stream:
-    """One symbol's snapshot and ``updates`` depth frames."""
+def generate(
+    symbol: str, updates: int, seed: int = 1, levels: int = 1000, max_changes: int = 40
+) -> Stream:
+    """One symbol's snapshot and ``updates`` depth frames of 1 to ``max_changes`` level changes."""
     rng = random.Random(f"{symbol}:{seed}")
     bids = {MID_TICKS - 1 - i: _qty(rng) for i in range(levels)}
     asks = {MID_TICKS + 1 + i: _qty(rng) for i in range(levels)}
@@ -52,7 +54,7 @@ def generate(symbol: str, updates: int, seed: int = 1, levels: int = 1000) -> St
     stream = f"{symbol.lower()}@depth@100ms"
     frames = []
     for _ in range(updates):
-        changes = rng.randint(1, 40)
+        changes = rng.randint(1, max_changes)
         b: dict[int, str] = {}
         a: dict[int, str] = {}
         for _ in range(changes):

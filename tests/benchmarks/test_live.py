@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import live
+from benchmarks import blaster, live
 from benchmarks.run import main
 from market_data.histogram import LatencyRecorder
 from tests.redis_server import redis_url
@@ -101,3 +101,19 @@ def test_the_redis_round_trip_baseline_measures_one_reply_per_publish(url: str) 
     # timeout on a missing one), and a refused one is an error, not a figure.
     p50, p99 = live.redis_round_trip(url, count=50, spacing_s=0)
     assert 0 < p50 <= p99 < 5e6
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536])
+def test_blaster_frames_say_their_length(size: int) -> None:
+    frame = blaster.ws_frame("x" * size)
+    assert frame[0] == 0x81  # final text frame, unmasked
+    head = {125: 2, 0: 2, 126: 4, 65_535: 4}.get(size, 10)
+    assert len(frame) == head + size and frame[head:] == b"x" * size
+
+
+def test_a_tiny_run_on_premade_frames_syncs_and_publishes(url: str) -> None:
+    # Enough frames to outlast the warm-up and the window at ~25,000 a second per symbol.
+    f = live.throughput_case(1, symbols=2, warmup_s=1, measure_s=2, redis_url=url, premade=150_000)
+    assert "pre-made frames" in f.case
+    assert f.workers == 1 and f.updates > 0 and f.sim_sent_per_s > 0
+    assert f.event_p99_us is None  # the frames' E is the generator's, not a send time
