@@ -11,11 +11,12 @@ Generates seeded Binance-shaped streams (``benchmarks.streams``) and measures, o
 * ``e2e``: the whole dataflow on the simulator's WebSocket (the simulator in its own process),
   one symbol at ``--e2e-rate`` updates/s, Redis sink: latency from the frame read off the socket
   to the Redis pipeline's return, after a warm-up, under each of ``--e2e-variants`` (``default``;
-  ``low-latency``: the source busy-polls; ``-gc``: ``service.gc`` turned off, Python's own
-  collector settings), with the longest pause (gap between deliveries) and what GC did meanwhile,
-  and the latency from the exchange's event time ``E`` (the simulator shares the host's clock;
-  ``E`` is in ms): that one also counts time a frame waited in the socket before the worker read
-  it, and the simulator's own delay between making an update and sending it;
+  ``low-latency``: ``poll_interval_ms: 0``, the source waits on its sockets; ``-gc``:
+  ``service.gc`` turned off, Python's own collector settings), with the longest pause (gap
+  between deliveries) and what GC did meanwhile, and the latency from the exchange's event time
+  ``E`` (the simulator shares the host's clock; ``E`` is in ms): that one also counts time a
+  frame waited in the socket before the worker read it, and the simulator's own delay between
+  making an update and sending it;
 * ``throughput``: the same with 4 symbols and the simulator pushed as fast as it goes, the flow
   in 1 and 2 processes: book updates that reached Redis per second, and the simulator's own
   send rate, so the limiting side shows (see :mod:`benchmarks.live`);

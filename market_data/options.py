@@ -67,7 +67,7 @@ class BinanceOptions(Options):
     # requests wait for the next window only when the server's used-weight header says so.
     exchange_weight_limit: PositiveInt | None = None
     max_connection_age_s: Annotated[float, Field(gt=0)] = 23.5 * 3600  # replaced before 24 h
-    poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: busy-poll for lowest latency
+    poll_interval_ms: Annotated[float, Field(ge=0)] = 1.0  # 0: wait on the sockets (low latency)
     run_for_s: Annotated[float, Field(gt=0)] | None = None  # end the flow after this (soak, demos)
     # After a trade connection comes back, fetch the aggTrades it missed over REST (see
     # sources.backfill); the symbol's live trades wait meanwhile, at most the timeout.

@@ -186,6 +186,24 @@ class LinkReader:
         for link in list(self._links):
             self._read(link, now)
 
+    def wait(self, timeout_s: float) -> None:
+        """Block until a socket being read has data, or ``timeout_s`` passes.
+
+        The low-latency mode's idle wait: woken at once by data like busy polling, without
+        taking a core from Redis and the load. Data already inside an SSL object counts as
+        ready (the kernel socket would not show it); with no socket attached, it just waits.
+        """
+        socks = [link.sock for link in self._links]
+        if any(isinstance(s, ssl.SSLSocket) and s.pending() for s in socks):
+            return
+        if not socks:
+            time.sleep(timeout_s)
+            return
+        try:
+            select.select(socks, [], [], timeout_s)
+        except (OSError, ValueError):  # a socket closed meanwhile: the next poll finds out
+            pass
+
     def _apply_requests(self) -> None:
         with self._lock:
             while self._requests:

@@ -27,7 +27,7 @@ from market_data.events import (
 )
 from market_data.options import BinanceFuturesOptions, BinanceSpotOptions
 from sources.backfill import FAILURE_REASONS
-from sources.binance import BinanceSource
+from sources.binance import IDLE_WAIT_S, BinanceSource
 from sources.simulator.config import SimulatorConfig
 from sources.simulator.faults import FaultConfig
 from sources.simulator.server import Simulator
@@ -331,6 +331,18 @@ def test_an_idle_partition_polls_again_at_once_only_when_busy_polling(poll_ms: f
             assert now < awake <= now + timedelta(milliseconds=poll_ms)
         else:
             assert awake < now
+
+
+def test_an_idle_low_latency_partition_waits_for_data_instead_of_spinning() -> None:
+    # poll_interval_ms: 0 once spun (thousands of calls a second, a whole core); it now waits in
+    # select for up to IDLE_WAIT_S, woken by data. The quiet simulator sends a frame every ~50 ms.
+    with one_partition(poll_interval_ms=0.0) as (_, part):
+        calls, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.3:
+            part.next_batch()
+            calls += 1
+        assert calls < 0.3 / IDLE_WAIT_S * 1.5  # at most ~one call per wait, not a spin
+        assert part.next_awake() is None or part.next_awake() < datetime.now(UTC)
 
 
 def test_a_partition_behind_the_feed_leaves_frames_in_the_kernel_and_loses_nothing() -> None:

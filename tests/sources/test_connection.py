@@ -414,3 +414,18 @@ def test_over_real_tls_every_frame_arrives_in_order_and_pings_are_answered(
     assert [int(f[5 : f.index(",")]) for f in frames] == list(range(301))
     assert answered == [True]
     assert [e.state for e in events] == [ConnState.CONNECTED]
+
+
+def test_wait_returns_when_a_socket_has_data_and_otherwise_at_the_timeout() -> None:
+    # The low-latency mode's idle wait: woken by data, not by spinning.
+    reader = LinkReader(lambda *args: None)
+    a, b = socket.socketpair()
+    with a, b:
+        reader._links = [SimpleNamespace(sock=a)]  # type: ignore[list-item]
+        started = time.monotonic()
+        reader.wait(0.05)
+        assert time.monotonic() - started >= 0.04  # nothing came: the whole timeout
+        b.send(b"x")
+        started = time.monotonic()
+        reader.wait(5.0)
+        assert time.monotonic() - started < 1.0  # data: at once
