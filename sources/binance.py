@@ -65,7 +65,7 @@ IDLE_WAIT_S = 0.001
 """With ``poll_interval_ms: 0``, how long an idle partition waits in ``select`` for its sockets
 before handing bytewax an empty batch (it is woken at once by data). Spinning instead took a core
 that Redis and the load needed: at 10,000 updates/s on 2 cores, p99 1.23-1.44 ms spinning against
-1.06-1.16 waiting (``benchmarks.run --cases e2e``). Snapshots and connection events, which come
+0.86-1.07 waiting (``benchmarks.run --cases e2e``). Snapshots and connection events, which come
 from other threads, wait at most this long."""
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 
