@@ -67,6 +67,7 @@ class Blaster:
     frames: dict[str, list[bytes]]
     served: dict[str, threading.Event] = field(default_factory=dict)
     sent: int = 0
+    ran_out: bool = False  # a connection sent its last frame: the flow may have starved after
     lines: list[dict[str, float]] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -157,6 +158,7 @@ class Blaster:
                     self.sent += len(chunk)
         except OSError:
             return  # the flow stopped
+        self.ran_out = True
         self.stop.wait()
 
     def _answer_pings(self, conn: socket.socket, lock: threading.Lock) -> None:
@@ -168,13 +170,15 @@ class Blaster:
                 if not data:
                     return
                 buf += data
-                while len(buf) >= 6:
+                while len(buf) >= 2:
                     opcode, size = buf[0] & 0x0F, buf[1] & 0x7F
-                    at = 2
+                    at = {126: 4, 127: 10}.get(size, 2)
+                    if len(buf) < at + 4:
+                        break  # the rest of the header is still to come
                     if size == 126:
-                        size, at = struct.unpack("!H", buf[2:4])[0], 4
+                        size = struct.unpack("!H", buf[2:4])[0]
                     elif size == 127:
-                        size, at = struct.unpack("!Q", buf[2:10])[0], 10
+                        size = struct.unpack("!Q", buf[2:10])[0]
                     if len(buf) < at + 4 + size:
                         break
                     mask, payload = buf[at : at + 4], bytearray(buf[at + 4 : at + 4 + size])

@@ -386,7 +386,12 @@ def run_case(
         reports = read_reports(folder)
     if not reports:
         raise RuntimeError(f"{case}: the flow wrote no latency report")
-    traffic = sim.traffic if isinstance(sim, Simulator) else SimTraffic(sim.blaster.lines)
+    if isinstance(sim, Simulator):
+        traffic = sim.traffic
+    elif sim.blaster.ran_out:
+        raise RuntimeError(f"{case}: the pre-made frames ran out during the run: make more")
+    else:
+        traffic = SimTraffic(sim.blaster.lines)
     return summarize(case, reports, warmup_s, traffic, rss)
 
 

@@ -139,7 +139,7 @@ class LatencyReport:
             # The standard json module: a histogram's total of nanoseconds can pass 2**64 (an
             # exchange clock years off), which orjson refuses. Written once, at the end.
             self.path.write_text(json.dumps(body, separators=(",", ":")))
-        except (OSError, ValueError) as exc:
+        except (OSError, TypeError, ValueError) as exc:
             logger.error("cannot write the latency report %s: %s", self.path, exc)
             return
         logger.info("latency report written to %s", self.path)

@@ -62,8 +62,9 @@ logger = logging.getLogger(__name__)
 
 _LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # a wake-up time already past: poll again now
 IDLE_WAIT_S = 0.001
-"""With ``poll_interval_ms: 0``, how long an idle partition waits in ``select`` for its sockets
-before handing bytewax an empty batch (it is woken at once by data). Spinning instead took a core
+"""With ``poll_interval_ms: 0``, how long an idle worker waits for data on its partitions' sockets
+before handing bytewax an empty batch (``LinkReader.wait``: woken at once by data; one wait a pass
+over the worker's partitions, not one each). Spinning instead took a core
 that Redis and the load needed: at 10,000 updates/s on 2 cores, p99 1.23-1.44 ms spinning against
 0.86-1.07 waiting (``benchmarks.run --cases e2e``). Snapshots and connection events, which come
 from other threads, wait at most this long."""
@@ -193,7 +194,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             self._expire_backfills(out)
         if len(queue) < SOURCE_BATCH:
             self.reader.poll()  # the sockets, read here: what is not read waits in the kernel
-            if not queue and not self._poll:  # low latency: wait for data rather than spin
+            if not queue and not out and not self._poll:  # low latency: wait, do not spin
                 self.reader.wait(IDLE_WAIT_S)
                 self.reader.poll()
         while queue and len(out) < SOURCE_BATCH:

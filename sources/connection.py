@@ -24,6 +24,7 @@ import socket
 import ssl
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,6 +124,10 @@ class Link:
         self.ended = threading.Event()
 
 
+_WORKER = threading.local()
+"""Per worker thread: its partitions' readers, and when one of them last waited idle."""
+
+
 class LinkReader:
     """Reads the open connections of one partition, on the thread that calls :meth:`poll`.
 
@@ -146,6 +151,7 @@ class LinkReader:
         self._lock = threading.Lock()
         self._closed = False
         self.polled_at = time.monotonic()  # the last poll's start
+        self._idle_at = 0.0  # when this reader's last idle wait ended (see wait)
 
     def attach(self, link: Link) -> None:
         """Have ``link`` read from the next poll on (called by its connection's thread)."""
@@ -187,22 +193,34 @@ class LinkReader:
             self._read(link, now)
 
     def wait(self, timeout_s: float) -> None:
-        """Block until a socket being read has data, or ``timeout_s`` passes.
+        """The low-latency mode's idle wait: block until a socket has data, or ``timeout_s``.
 
-        The low-latency mode's idle wait: woken at once by data like busy polling, without
-        taking a core from Redis and the load. Data already inside an SSL object counts as
-        ready (the kernel socket would not show it); with no socket attached, it just waits.
+        Woken at once by data like busy polling, without taking a core from Redis and the load.
+        bytewax calls a worker's partitions one after another on its one thread, so the wait is
+        the worker's, not the partition's: the first idle partition of a pass waits on the
+        sockets of every partition of its thread, and the others of that pass go on at once
+        (they read what woke it). Data already inside an SSL object counts as ready (the kernel
+        would not show it).
         """
-        socks = [link.sock for link in self._links]
-        if any(isinstance(s, ssl.SSLSocket) and s.pending() for s in socks):
+        readers: weakref.WeakSet[LinkReader] | None = getattr(_WORKER, "readers", None)
+        if readers is None:
+            readers = _WORKER.readers = weakref.WeakSet()
+            _WORKER.waited_at = 0.0
+        readers.add(self)
+        if _WORKER.waited_at > self._idle_at:  # another partition waited since this one did
+            self._idle_at = time.monotonic()
             return
-        if not socks:
-            time.sleep(timeout_s)
+        socks = [link.sock for reader in readers for link in reader._links]
+        if any(isinstance(sock, ssl.SSLSocket) and sock.pending() for sock in socks):
             return
+        poller = select.poll()  # not select.select: no limit on descriptor numbers
         try:
-            select.select(socks, [], [], timeout_s)
+            for sock in socks:
+                poller.register(sock, select.POLLIN)
+            poller.poll(max(1, round(timeout_s * 1000)))
         except (OSError, ValueError):  # a socket closed meanwhile: the next poll finds out
             pass
+        _WORKER.waited_at = self._idle_at = time.monotonic()
 
     def _apply_requests(self) -> None:
         with self._lock:

@@ -112,8 +112,8 @@ def test_blaster_frames_say_their_length(size: int) -> None:
 
 
 def test_a_tiny_run_on_premade_frames_syncs_and_publishes(url: str) -> None:
-    # Enough frames to outlast the warm-up and the window at ~25,000 a second per symbol.
-    f = live.throughput_case(1, symbols=2, warmup_s=1, measure_s=2, redis_url=url, premade=150_000)
+    # Enough frames to outlast the run (6 s) at ~25,000 a second per symbol, or it fails.
+    f = live.throughput_case(1, symbols=2, warmup_s=1, measure_s=2, redis_url=url, premade=300_000)
     assert "pre-made frames" in f.case
     assert f.workers == 1 and f.updates > 0 and f.sim_sent_per_s > 0
     assert f.event_p99_us is None  # the frames' E is the generator's, not a send time

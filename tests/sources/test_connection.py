@@ -24,6 +24,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from market_data.backoff import ExponentialBackoff
+from sources import connection
 from sources.connection import (
     ConnectionSettings,
     ConnEvent,
@@ -418,10 +419,12 @@ def test_over_real_tls_every_frame_arrives_in_order_and_pings_are_answered(
 
 def test_wait_returns_when_a_socket_has_data_and_otherwise_at_the_timeout() -> None:
     # The low-latency mode's idle wait: woken by data, not by spinning.
+    connection._WORKER.__dict__.clear()  # this thread's group: no reader of an earlier test
     reader = LinkReader(lambda *args: None)
     a, b = socket.socketpair()
     with a, b:
         reader._links = [SimpleNamespace(sock=a)]  # type: ignore[list-item]
+        reader.wait(0.001)
         started = time.monotonic()
         reader.wait(0.05)
         assert time.monotonic() - started >= 0.04  # nothing came: the whole timeout
@@ -429,3 +432,25 @@ def test_wait_returns_when_a_socket_has_data_and_otherwise_at_the_timeout() -> N
         started = time.monotonic()
         reader.wait(5.0)
         assert time.monotonic() - started < 1.0  # data: at once
+
+
+def test_a_workers_partitions_wait_once_a_pass_on_all_their_sockets() -> None:
+    # bytewax calls a worker's partitions in turn on one thread: one idle wait a pass, on every
+    # partition's sockets, or four idle partitions would wait 4 ms and miss each other's data.
+    connection._WORKER.__dict__.clear()
+    first, second = LinkReader(lambda *args: None), LinkReader(lambda *args: None)
+    a1, b1 = socket.socketpair()
+    a2, b2 = socket.socketpair()
+    with a1, b1, a2, b2:
+        first._links = [SimpleNamespace(sock=a1)]  # type: ignore[list-item]
+        second._links = [SimpleNamespace(sock=a2)]  # type: ignore[list-item]
+        first.wait(0.01)
+        second.wait(0.01)  # joins this thread's group
+        started = time.monotonic()
+        first.wait(0.2)  # a pass: the first waits the whole timeout...
+        second.wait(0.2)  # ...and the second, in the same pass, not at all
+        assert 0.15 <= time.monotonic() - started < 0.35
+        b2.send(b"x")  # data for the second partition wakes the first one's wait
+        started = time.monotonic()
+        first.wait(5.0)
+        assert time.monotonic() - started < 1.0
