@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 from benchmarks.streams import generate
+from sources.simulator.wsframes import text_frames
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CHUNK_FRAMES = 256  # frames joined per socket write
@@ -40,23 +41,10 @@ SNAPSHOT_WAIT_S = 10.0
 MAX_CHANGES = 8  # like the simulator's updates (~4 level changes on average)
 
 
-def ws_frame(text: str) -> bytes:
-    """A server's (unmasked) WebSocket text frame."""
-    data = text.encode()
-    n = len(data)
-    if n < 126:
-        head = bytes((0x81, n))
-    elif n < 1 << 16:
-        head = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x81, 127, n)
-    return head + data
-
-
 def _make(args: tuple[str, int, int]) -> tuple[str, str, list[bytes]]:
     symbol, updates, seed = args
     stream = generate(symbol, updates, seed=seed, max_changes=MAX_CHANGES)
-    return symbol, stream.snapshot, [ws_frame(f) for f in stream.frames]
+    return symbol, stream.snapshot, [text_frames((f,)) for f in stream.frames]
 
 
 @dataclass

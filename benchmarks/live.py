@@ -46,7 +46,7 @@ from benchmarks.blaster import blaster
 from benchmarks.procs import max_rss_kib
 from health.latency import ENV_VAR
 from market_data.histogram import LatencyHistogram, LatencyRecorder
-from sinks.redis import _read_replies
+from sinks.redis import _bulk, _read_replies
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 20.0
@@ -408,10 +408,7 @@ def redis_round_trip(
     client = redis.Redis.from_url(url, socket_timeout=5.0)
     pool = client.connection_pool
     conn = pool.get_connection()
-    command = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$1\r\nx\r\n" % (
-        len(RTT_CHANNEL),
-        RTT_CHANNEL,
-    )
+    command = b"*3\r\n" + _bulk(b"PUBLISH") + _bulk(RTT_CHANNEL) + _bulk(b"x")
     took = []
     try:
         for _ in range(count):

@@ -64,10 +64,10 @@ _LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # a wake-up time already past: pol
 IDLE_WAIT_S = 0.001
 """With ``poll_interval_ms: 0``, how long an idle worker waits for data on its partitions' sockets
 before handing bytewax an empty batch (``LinkReader.wait``: woken at once by data; one wait a pass
-over the worker's partitions, not one each). Spinning instead took a core
-that Redis and the load needed: at 10,000 updates/s on 2 cores, p99 1.23-1.44 ms spinning against
-0.86-1.07 waiting (``benchmarks.run --cases e2e``). Snapshots and connection events, which come
-from other threads, wait at most this long."""
+over the worker's partitions, not one each). Spinning instead took a core that Redis and the load
+needed: at 10,000 updates/s on 2 cores, p99 1.23-1.44 ms spinning against 0.86-1.07 waiting
+(``benchmarks.run --cases e2e``). Snapshots and connection events, which come from other threads,
+wait at most this long."""
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
 
 _recorders: dict[str, RecordingWriter] = {}
