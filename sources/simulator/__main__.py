@@ -4,7 +4,8 @@ Prints the WebSocket and REST base URLs it listens on (and a few ready-made URLs
 until Ctrl-C or SIGTERM. For load tests, ``--frame-per-update --tick-ms 1 --rate 10000`` pushes
 10,000 depth frames a second per symbol, and ``--stats-every 1`` prints a JSON line a second:
 ``{"t": <unix s>, "frames_sent": n, "depth_frames_queued": n, "backlog": n}`` (cumulative counts;
-``backlog`` is the longest client queue).
+``backlog`` is the longest client queue). For deep books whose touch wanders,
+``--levels 1200 --sweep-every 2`` sweeps each symbol's best 80 levels of one side every 2 s.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=100.0, help="book updates/s per symbol")
     p.add_argument("--rates", type=_rates, default={}, help="per symbol: BTCUSDT=500,ETHUSDT=50")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--levels", type=int, default=1_000, help="levels kept per side (default: 1000)")
+    p.add_argument(
+        "--sweep-every",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="each symbol, once in SECONDS, a taker order empties the best --sweep-levels of one "
+        "side (default: never)",
+    )
+    p.add_argument("--sweep-levels", type=int, default=80, metavar="N", help="levels a sweep takes")
     p.add_argument(
         "--faults",
         default="",
@@ -86,30 +97,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
+    """The simulator's config from parsed arguments; raises ``ConfigError`` for bad values."""
+    faults = parse_faults(args.faults) if args.faults else FaultConfig()
+    return SimulatorConfig(
+        symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
+        market=Market.SPOT if args.spot else Market.FUTURES,
+        host=args.host,
+        ws_port=args.port,
+        rest_port=args.rest_port,
+        seed=args.seed,
+        rate=args.rate,
+        rates=args.rates,
+        levels=args.levels,
+        sweep_every_s=args.sweep_every,
+        sweep_levels=args.sweep_levels,
+        ping_interval_s=args.ping_interval,
+        pong_timeout_s=args.pong_timeout,
+        max_lifetime_s=args.max_lifetime,
+        legacy_delivers=args.legacy_delivers,
+        tick_ms=args.tick_ms,
+        depth_frame_per_update=args.frame_per_update,
+        max_backlog=args.max_backlog,
+        faults=faults,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator until interrupted; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     try:
-        faults = parse_faults(args.faults) if args.faults else FaultConfig()
-        config = SimulatorConfig(
-            symbols=tuple(s.strip() for s in args.symbols.split(",") if s.strip()),
-            market=Market.SPOT if args.spot else Market.FUTURES,
-            host=args.host,
-            ws_port=args.port,
-            rest_port=args.rest_port,
-            seed=args.seed,
-            rate=args.rate,
-            rates=args.rates,
-            ping_interval_s=args.ping_interval,
-            pong_timeout_s=args.pong_timeout,
-            max_lifetime_s=args.max_lifetime,
-            legacy_delivers=args.legacy_delivers,
-            tick_ms=args.tick_ms,
-            depth_frame_per_update=args.frame_per_update,
-            max_backlog=args.max_backlog,
-            faults=faults,
-        )
+        config = config_from_args(args)
         sim = Simulator(config).start()
         if args.frame_per_update:
             _quiet_gc()

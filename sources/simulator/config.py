@@ -34,9 +34,17 @@ class SimulatorConfig:
     specs: Mapping[str, SymbolSpec] = field(default_factory=dict)
     """Grid and starting price per symbol; :func:`~sources.simulator.market.default_spec` else."""
     levels: int = 1_000
-    """Levels kept per side around the touch."""
+    """Levels kept per side around the touch (at least 10)."""
     trade_probability: float = 0.05
     """Chance that an update carries a taker trade."""
+    sweep_every_s: float | None = None
+    """Every symbol, once in this many seconds of simulated ticks, has a sweep: a taker order that
+    empties its best ``sweep_levels`` levels of one side (each symbol at its own tick of the
+    period). With many ``levels`` it makes the touch wander far into the book. A sweep waits
+    until the makers are done with the one before (a few dozen updates): with fewer updates
+    than that between them (``rate`` times this), sweeps come less often. ``None``: off."""
+    sweep_levels: int = 80
+    """Levels a sweep takes (a side always keeps one level at least)."""
     tick_ms: int = 50
     """Generation step; every push interval (100, 250, 500, 1000 ms) must be a multiple of it."""
     depth_frame_per_update: bool = False
@@ -70,7 +78,7 @@ class SimulatorConfig:
         errors = []
         if not self.symbols:
             errors.append("symbols: at least one symbol is needed")
-        for name in ("rate", "max_lifetime_s", "weight_window_s", "ban_s"):
+        for name in ("rate", "max_lifetime_s", "weight_window_s", "ban_s", "sweep_levels"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}: must be positive; got {getattr(self, name)}")
         for sym, rate in self.rates.items():
@@ -78,6 +86,10 @@ class SimulatorConfig:
                 errors.append(f"rates: {sym!r} is not one of the symbols {list(self.symbols)}")
             elif rate <= 0:
                 errors.append(f"rates.{sym}: must be positive; got {rate}")
+        if self.levels < 10:
+            errors.append(f"levels: must be at least 10; got {self.levels}")
+        if self.sweep_every_s is not None and self.sweep_every_s <= 0:
+            errors.append(f"sweep_every_s: must be positive or None; got {self.sweep_every_s}")
         if self.tick_ms <= 0 or 100 % self.tick_ms:
             errors.append(f"tick_ms: must divide 100; got {self.tick_ms}")
         if self.max_backlog is not None and self.max_backlog < 1:
@@ -91,6 +103,12 @@ class SimulatorConfig:
         """Updates per second of ``symbol``."""
         upper = {k.upper(): v for k, v in self.rates.items()}
         return upper.get(symbol, self.rate)
+
+    def sweep_every_ticks(self) -> int | None:
+        """Ticks between two sweeps of a symbol (at least one); None when sweeps are off."""
+        if self.sweep_every_s is None:
+            return None
+        return max(1, round(self.sweep_every_s * 1000 / self.tick_ms))
 
     def spec_of(self, symbol: str) -> SymbolSpec:
         """The grid of ``symbol``."""

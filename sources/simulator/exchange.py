@@ -2,10 +2,17 @@
 
 No I/O: :meth:`Exchange.tick` advances the market by one step and returns the frames due, encoded
 once; the server decides who gets them. Safe to query from another thread (one lock).
+
+Each depth speed (100, 250, 500, 1000 ms) pushes, at the end of every interval in which a symbol
+had updates, its diff. depth frame (the interval's net changes) and right after it the partial
+depth frames of that speed (``<symbol>@depth5/10/20``: the top levels after the interval's last
+update, with the same ``U``, ``u`` and ``pu``). Sweeps, when configured, are ordinary updates on
+that path: recorded, merged into the depth frames, their trades published.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from bisect import bisect_left, bisect_right
 from collections import deque
@@ -29,9 +36,11 @@ from sources.simulator.market import (
 )
 from sources.simulator.streams import (
     MARK_PRICE_SPEEDS,
+    PARTIAL_DEPTH_LEVELS,
     depth_speeds,
     depth_stream,
     mark_price_stream,
+    partial_depth_stream,
 )
 
 AGG_TRADE_MS = 100
@@ -53,7 +62,7 @@ class Frame(NamedTuple):
     stream: str
     symbol: str
     data: str
-    depth: bool = False  # a diff. depth frame: the only kind a gap fault drops
+    depth: bool = False  # a diff. depth frame: the only kind a gap fault drops (not partial)
 
     def enveloped(self) -> str:
         """The combined-stream form: ``{"stream":...,"data":...}``."""
@@ -79,7 +88,7 @@ class _Printed(dict[int, str]):
 
 
 class _DepthBatch:
-    """The net changes of one depth stream since its last frame."""
+    """The net changes of one depth speed since its last frame, and their ids."""
 
     __slots__ = ("asks", "bids", "first", "last", "prev_final", "time_ms")
 
@@ -99,6 +108,13 @@ class _DepthBatch:
         self.bids.update(upd.bids)
         self.asks.update(upd.asks)
 
+    def mark(self, first: int, last: int, time_ms: int) -> None:
+        """Note the ids of a tick's updates, not their levels (the load-test mode's batches)."""
+        if self.first is None:
+            self.first = first
+        self.last = last
+        self.time_ms = time_ms
+
 
 class _Symbol:
     """One symbol's model, history, pending frames and published trades."""
@@ -115,12 +131,40 @@ class _Symbol:
         speeds = depth_speeds(config.market).values()
         self.batches = {speed: _DepthBatch(start) for speed in speeds}
         self.depth_streams = {speed: depth_stream(symbol, speed, config.market) for speed in speeds}
+        self.partial_streams = {
+            speed: tuple(
+                (n, partial_depth_stream(symbol, n, speed, config.market))
+                for n in PARTIAL_DEPTH_LEVELS
+            )
+            for speed in speeds
+        }
         self.ticker_stream = f"{symbol.lower()}@bookTicker"
         self.trade_stream = f"{symbol.lower()}@aggTrade"
         self.pending_fills: list[Fill] = []
         self.trades: deque[Fill] = deque(maxlen=MAX_TRADES_KEPT)
         self.last_time_ms = 0
         self.top: tuple[Any, ...] = ()
+        self.sweep_every = config.sweep_every_ticks()
+        # Each symbol sweeps at its own tick of the period, the same for a seed.
+        rng = random.Random(f"{config.seed}:{symbol}:sweep")
+        self.sweep_phase = rng.randrange(self.sweep_every) if self.sweep_every else 0
+        self.sweep_waiting = False
+
+    def sweeps_now(self, tick: int) -> bool:
+        """Whether tick number ``tick`` (from 1) starts with a sweep.
+
+        A sweep is due at the symbol's own tick of each period; it waits, if need be, until the
+        makers are done with the one before (:meth:`MarketModel.recovered`), so sweeps faster
+        than the market can answer them do not pile up into a spread that never closes.
+        """
+        if self.sweep_every is None:
+            return False
+        if tick % self.sweep_every == self.sweep_phase:
+            self.sweep_waiting = True
+        if self.sweep_waiting and self.model.recovered():
+            self.sweep_waiting = False
+            return True
+        return False
 
 
 class Exchange:
@@ -163,7 +207,8 @@ class Exchange:
 
         With ``listened``, only the frames of those streams are made: the market moves, its
         history and its trades are kept all the same, but what no client listens to is not
-        encoded (in the load-test mode, most of the frames due).
+        encoded (in the load-test mode, most of the frames due). A symbol's partial depth
+        frames of a speed come right after its diff. depth frame of that speed.
         """
 
         def on(stream: str) -> bool:
@@ -173,17 +218,22 @@ class Exchange:
             self._ticks += 1
             elapsed = self._ticks * self.config.tick_ms
             futures = self.market is Market.FUTURES
+            per_update = self.config.depth_frame_per_update
             trade_every = AGG_TRADE_MS if futures else self.config.tick_ms
             frames: list[Frame] = []
             for symbol, st in self._symbols.items():
                 streams = [name for name in st.depth_streams.values() if on(name)]
-                self._generate(symbol, st, now_ms, streams, frames)
+                sweep = st.sweeps_now(self._ticks)
+                self._generate(symbol, st, now_ms, sweep, streams, frames)
                 if on(st.ticker_stream):
                     frames.extend(self._book_ticker(symbol, st, now_ms))
                 for speed, batch in st.batches.items():
                     if elapsed % speed == 0 and batch.first is not None:
-                        if on(st.depth_streams[speed]):
+                        if not per_update and on(st.depth_streams[speed]):
                             frames.append(self._depth_frame(symbol, st, speed, batch, now_ms))
+                        partial = [(n, name) for n, name in st.partial_streams[speed] if on(name)]
+                        if partial:
+                            frames.extend(self._partial_frames(symbol, st, batch, partial, now_ms))
                         st.batches[speed] = _DepthBatch(batch.last)
                 if elapsed % trade_every == 0 and st.pending_fills:
                     trades = self._agg_trades(symbol, st, now_ms, on(st.trade_stream))
@@ -195,38 +245,64 @@ class Exchange:
             return frames
 
     def _generate(
-        self, symbol: str, st: _Symbol, now_ms: int, streams: list[str], frames: list[Frame]
+        self,
+        symbol: str,
+        st: _Symbol,
+        now_ms: int,
+        sweep: bool,
+        streams: list[str],
+        frames: list[Frame],
     ) -> None:
+        """Make the tick's updates; with ``sweep``, the first of them is a sweep."""
         st.carry += st.rate_per_tick
         count = int(st.carry)
+        if sweep and not count:
+            count = 1  # the sweep is due now: an update borrowed from the next ticks
         st.carry -= count
         if not count:
             return
         model, record = st.model, st.history.record
+        sweep_levels = self.config.sweep_levels
         if self.config.depth_frame_per_update:
             # Every update is at once a frame on every depth stream listened to (the same text:
-            # its own U..u, pu the previous update's id), so the speeds' batches stay empty.
+            # its own U..u, pu the previous update's id); the speeds' batches keep only the ids,
+            # for the partial depth frames.
             depth_data = self._depth_data
-            for _ in range(count):
-                prev = model.last_update_id
-                upd = model.next_update(now_ms)
+            prev = first = model.last_update_id
+            for i in range(count):
+                if i:
+                    upd = model.next_update(now_ms)
+                else:
+                    upd = model.sweep(now_ms, sweep_levels) if sweep else model.next_update(now_ms)
+                    first = upd.update_id
                 record(upd)
                 if upd.fills:
                     st.pending_fills.extend(upd.fills)
+                uid = upd.update_id
                 if streams:
-                    uid = upd.update_id
                     data = depth_data(
                         symbol, now_ms, upd.time_ms, uid, uid, prev, upd.bids, upd.asks
                     )
                     frames += [Frame(stream, symbol, data, True) for stream in streams]
+                prev = uid
+            for batch in st.batches.values():
+                batch.mark(first, prev, now_ms)
         else:
-            for _ in range(count):
-                upd = model.next_update(now_ms)
+            for i in range(count):
+                if sweep and not i:
+                    upd = model.sweep(now_ms, sweep_levels)
+                else:
+                    upd = model.next_update(now_ms)
                 record(upd)
                 for batch in st.batches.values():
                     batch.add(upd)
                 st.pending_fills.extend(upd.fills)
         st.last_time_ms = now_ms
+
+    def _levels(self, symbol: str, levels: Iterable[Level]) -> str:
+        """``["price","qty"],...`` as depth frames print a side (without the brackets)."""
+        prices, qtys = self._prices[symbol], self._qtys[symbol]
+        return ",".join([f'["{prices[p]}","{qtys[q]}"]' for p, q in levels])
 
     def _depth_data(
         self,
@@ -256,6 +332,40 @@ class Exchange:
             f'{{"e":"depthUpdate","E":{now_ms},"s":"{symbol}","U":{first},"u":{last},'
             f'"b":[{b}],"a":[{a}]}}'
         )
+
+    def _partial_frames(
+        self,
+        symbol: str,
+        st: _Symbol,
+        batch: _DepthBatch,
+        streams: list[tuple[int, str]],
+        now_ms: int,
+    ) -> list[Frame]:
+        """The partial depth frames of one push: the top levels after the batch's last update.
+
+        Futures print them as a diff. frame of the batch's ids (``U``, ``u``, ``pu``) holding
+        the top levels; spot as ``{"lastUpdateId","bids","asks"}``.
+        """
+        assert batch.first is not None  # only intervals with updates are published
+        bids, asks = st.model.top(max(n for n, _ in streams))  # the book after batch.last
+        frames = []
+        for n, stream in streams:
+            if self.market is Market.FUTURES:
+                data = self._depth_data(
+                    symbol,
+                    now_ms,
+                    batch.time_ms,
+                    batch.first,
+                    batch.last,
+                    batch.prev_final,
+                    bids[:n],
+                    asks[:n],
+                )
+            else:
+                b, a = self._levels(symbol, bids[:n]), self._levels(symbol, asks[:n])
+                data = f'{{"lastUpdateId":{batch.last},"bids":[{b}],"asks":[{a}]}}'
+            frames.append(Frame(stream, symbol, data))
+        return frames
 
     def _depth_frame(
         self, symbol: str, st: _Symbol, speed: int, batch: _DepthBatch, now_ms: int

@@ -26,6 +26,10 @@ class WeightLimiter:
     more than ``ban_after_429`` requests over the budget in one window is banned for ``ban_s``
     seconds: every request then gets 418 with the seconds left in the ban. Refused requests use no
     weight.
+
+    It also remembers every ``Retry-After`` a client was given (its own 429s and 418s, and those
+    the caller reports with :meth:`told_to_wait`) and counts the requests the client sends before
+    that time has passed (:meth:`arrive`): Binance's rules forbid them.
     """
 
     def __init__(
@@ -43,8 +47,31 @@ class WeightLimiter:
         self.ban_s = ban_s
         self._state: dict[str, _ClientWeight] = {}
 
+    def arrive(self, client: str, now: float) -> bool:
+        """Note a request from ``client`` at ``now``, before :meth:`check` accounts its weight.
+
+        True (and counted) when it came while a ``Retry-After`` given to ``client`` was still
+        running; a client that waits the seconds it was told is never counted.
+        """
+        st = self._state.setdefault(client, _ClientWeight())
+        if now < st.retry_until:
+            st.ignored_retry_after += 1
+            return True
+        return False
+
+    def told_to_wait(self, client: str, retry_after_s: float, now: float) -> None:
+        """Note that ``client`` was answered at ``now`` with ``Retry-After: retry_after_s``."""
+        st = self._state.setdefault(client, _ClientWeight())
+        st.retry_until = max(st.retry_until, now + retry_after_s)
+
     def check(self, client: str, weight: int, now: float) -> Verdict:
         """Account a request of ``weight`` from ``client`` at time ``now``."""
+        verdict = self._check(client, weight, now)
+        if verdict.status != 200:
+            self.told_to_wait(client, verdict.retry_after_s, now)
+        return verdict
+
+    def _check(self, client: str, weight: int, now: float) -> Verdict:
         window = math.floor(now / self.window_s)
         st = self._state.setdefault(client, _ClientWeight())
         if st.window != window:
@@ -67,15 +94,22 @@ class WeightLimiter:
             return 0
         return st.used
 
+    def ignored_retry_after(self, client: str) -> int:
+        """Requests ``client`` sent while a ``Retry-After`` it was given was still running."""
+        st = self._state.get(client)
+        return 0 if st is None else st.ignored_retry_after
+
 
 class _ClientWeight:
-    __slots__ = ("banned_until", "strikes", "used", "window")
+    __slots__ = ("banned_until", "ignored_retry_after", "retry_until", "strikes", "used", "window")
 
     def __init__(self) -> None:
         self.window = -1
         self.used = 0
         self.strikes = 0
         self.banned_until = 0.0
+        self.retry_until = 0.0  # no request before this time (the last Retry-After given)
+        self.ignored_retry_after = 0
 
 
 def futures_depth_weight(limit: int) -> int:

@@ -4,10 +4,13 @@ Pure: no I/O, no clock of its own (times are passed in), no threads. Prices and 
 integer units of ``1e-8`` (:data:`market_data.events.SCALE`), on the symbol's tick and lot grid.
 
 One *update* is one matching-engine event with its own update id: 1 to 40 level changes (about a
-tenth of them deletions), and sometimes a taker trade that consumes the touch. USD-M Futures ids
-skip (Binance's futures ids are shared with events a stream does not show, which is why futures
-frames carry ``pu``); spot ids are contiguous. :class:`BookHistory` keeps enough of the past to
-rebuild the book as it stood after any recent update id.
+tenth of them deletions), and sometimes a taker trade that consumes the touch. A *sweep*
+(:meth:`MarketModel.sweep`, when the caller asks for one) is an update too: a large taker order
+that empties the best levels of one side at once; the makers then close the wide spread it leaves,
+so the touch moves. USD-M Futures ids skip (Binance's futures ids are shared with events a stream
+does not show, which is why futures frames carry ``pu``); spot ids are contiguous.
+:class:`BookHistory` keeps enough of the past to rebuild the book as it stood after any recent
+update id.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from market_data.events import DECIMALS, SCALE, Level, Market
 
 MAX_CHANGES = 40
 DELETE_SHARE = 0.10
+AFTERMATH_CHANGES = 8
+"""Extra level changes in each update while the makers respond to a sweep."""
 CHECKPOINT_EVERY = 1_000
 """Updates between two full copies of the book kept by :class:`BookHistory`."""
 _DEPTH_RATE = 1 / 25
@@ -179,6 +184,7 @@ class MarketModel:
             self.last_update_id = rng.randrange(10**9, 6 * 10**10)
         self._next_agg_id = rng.randrange(10**8, 3 * 10**9)
         self._next_trade_id = self._next_agg_id * 3 + rng.randrange(10**6)
+        self._after: _Aftermath | None = None  # what the last sweeps left to the makers
         self.bids = BookSide()
         self.asks = BookSide()
         self._seed_book()
@@ -198,9 +204,18 @@ class MarketModel:
         """The best ``depth`` levels of each side, best first."""
         return top_levels(self.bids, self.asks, depth)
 
+    def recovered(self) -> bool:
+        """Whether the makers are done with the last sweep: its gap closed, its levels back."""
+        after = self._after
+        if after is not None and after.settled(self.asks.prices[0] - self.bids.prices[-1]):
+            self._after = None
+        return self._after is None
+
     # -- generation ------------------------------------------------------------------------
     def next_update(self, time_ms: int) -> Update:
         """Generate, apply and return the next update."""
+        if self._after is not None:
+            self.recovered()
         random = self._rng.random
         bid_changes: dict[int, int] = {}  # price -> new qty (0: removed)
         ask_changes: dict[int, int] = {}
@@ -208,17 +223,60 @@ class MarketModel:
         if random() < self.trade_probability:
             fills = self._trade(bid_changes, ask_changes, time_ms)
         count = 1 + min(MAX_CHANGES - 1, int(-log(1.0 - random()) / 0.25))
+        if self._after is not None:  # the makers are busy after a sweep
+            count = min(MAX_CHANGES, count + AFTERMATH_CHANGES)
         if fills:
             count = max(0, count - len(bid_changes) - len(ask_changes))
         self._changes(count, bid_changes, ask_changes)
         while not (bid_changes or ask_changes):  # an insert can be refused: try again
             self._changes(1, bid_changes, ask_changes)
         self._trim(bid_changes, ask_changes)
-        step = 1 if self.market is Market.SPOT else 1 + int(-log(1.0 - random()) / 0.15)
-        self.last_update_id += step
+        self._next_id()
         bids = tuple(sorted(bid_changes.items(), reverse=True))
         asks = tuple(sorted(ask_changes.items()))
         return Update(self.last_update_id, time_ms, bids, asks, fills)
+
+    def sweep(self, time_ms: int, levels: int) -> Update:
+        """Generate, apply and return a sweep: one taker order that empties the best ``levels``.
+
+        The side is a fair draw (a buyer takes asks, a seller takes bids); every one of its best
+        ``levels`` levels is consumed entirely, but a side always keeps one level at least. The
+        update sets each of them to 0 and carries one aggregate trade per level, best price
+        first, as Binance aggregates a taker's fills per price. A side with a single level
+        cannot be swept: the update is then an ordinary one (:meth:`next_update`).
+
+        The price has moved, and the makers of the next updates follow it, each such update
+        carrying :data:`AFTERMATH_CHANGES` more changes than usual: the other side's close the
+        gap (the swept side's stay out of it) and move their ladder along, while the swept side
+        gets as many levels back behind its far end as the sweep took. So the touch stays near
+        where the sweep took it and the book keeps its depth; :meth:`recovered` says when the
+        makers are done (a few dozen updates).
+        """
+        if levels < 1:
+            raise ValueError(f"levels must be positive; got {levels}")
+        takes_bids = self._rng.random() < 0.5
+        side = self.bids if takes_bids else self.asks
+        count = min(levels, len(side) - 1)
+        if count < 1:
+            return self.next_update(time_ms)
+        prices = side.prices[: -count - 1 : -1] if takes_bids else side.prices[:count]
+        fills = []
+        for price in prices:
+            fills.append(self._fill(price, side.qty[price], time_ms, takes_bids))
+            side.set(price, 0)
+        self._next_id()
+        self._after = self._after or _Aftermath(self.spec.tick)
+        self._after.swept(takes_bids, count)
+        changes = tuple((price, 0) for price in prices)  # best first: bids down, asks up
+        bids, asks = (changes, ()) if takes_bids else ((), changes)
+        return Update(self.last_update_id, time_ms, bids, asks, tuple(fills))
+
+    def _next_id(self) -> None:
+        """Advance ``last_update_id``: by one on spot, by a random skip on futures."""
+        if self.market is Market.SPOT:
+            self.last_update_id += 1
+        else:
+            self.last_update_id += 1 + int(-log(1.0 - self._rng.random()) / 0.15)
 
     def _qty(self) -> int:
         """A quantity: ``lot`` times a log-normal(3.0, 1.4) draw, at least one lot."""
@@ -237,7 +295,7 @@ class MarketModel:
         """Make ``count`` random level changes (an insert may find no room and be skipped)."""
         random, qty_draw = self._rng.random, self._qty
         bids, asks = self.bids, self.asks
-        target, tick = self.levels, self.spec.tick
+        target, tick, after = self.levels, self.spec.tick, self._after
         for _ in range(count):
             is_bid = random() < 0.5
             side, changes = (bids, bid_changes) if is_bid else (asks, ask_changes)
@@ -247,13 +305,20 @@ class MarketModel:
             n = len(prices)
             # Inserts outnumber deletions below the target depth and not above it, so each
             # side hovers around ``levels``.
-            insert_share = 0.45 if n < target else 0.05
+            if after is None:
+                insert_share = 0.45 if n < target else 0.05
+            else:
+                insert_share = after.insert_share(is_bid, n, target)
             if roll < DELETE_SHARE and n > target // 2:
                 price = prices[-1 - min(depth, n - 1)] if is_bid else prices[min(depth, n - 1)]
                 side.set(price, 0)
                 changes[price] = 0
                 continue
-            if roll < DELETE_SHARE + insert_share:
+            if after is not None and roll < DELETE_SHARE + insert_share:
+                price = self._quote_after_sweep(after, is_bid, depth, changes)
+                if not price:
+                    continue
+            elif roll < DELETE_SHARE + insert_share:
                 bid, ask = bids.prices[-1], asks.prices[0]
                 gap = (ask - bid) // tick - 1  # free ticks inside the spread
                 if gap > 0 and random() < 0.5:  # makers close a wide spread quickly
@@ -275,6 +340,47 @@ class MarketModel:
                 bisect.insort(prices, price)
             levels[price] = qty
             changes[price] = qty
+
+    def _quote_after_sweep(
+        self, after: _Aftermath, is_bid: bool, depth: int, changes: dict[int, int]
+    ) -> int:
+        """Where a new level goes while sweeps have left something to do (0: nowhere).
+
+        A swept side first gets the levels it lost back behind its far end, and its makers
+        stay out of the gap. The other side's close it, every new level one to three ticks
+        ahead of their touch (with as many inserts as a side short of levels), then fill in
+        behind their new touch. A side at its target depth that adds a level near its touch
+        takes one off its far end (recorded in ``changes``): its ladder moves with the price
+        rather than thinning out near the touch later.
+        """
+        random, tick = self._rng.random, self.spec.tick
+        side = self.bids if is_bid else self.asks
+        prices = side.prices
+        if after.behind[is_bid]:
+            after.behind[is_bid] -= 1
+            step = tick if random() < 0.9 else 2 * tick  # as dense as the seed book
+            return max(prices[0] - step, 0) if is_bid else prices[-1] + step
+        if after.near[is_bid]:
+            after.near[is_bid] -= 1
+        bid, ask = self.bids.prices[-1], self.asks.prices[0]
+        gap = (ask - bid) // tick - 1
+        if gap > 0 and (is_bid is after.chaser or (after.chaser is None and random() < 0.5)):
+            inside = (1 + int(random() * min(gap, 3))) * tick
+            price = bid + inside if is_bid else ask - inside
+        else:
+            price = bid - depth * tick if is_bid else ask + depth * tick
+            away = -tick if is_bid else tick
+            for _ in range(50):  # the first free tick from there, outwards
+                if price not in side.qty:
+                    break
+                price += away
+            if price <= 0:
+                return 0
+        if len(prices) >= self.levels and price not in side.qty:
+            far = prices[0] if is_bid else prices[-1]
+            side.set(far, 0)
+            changes[far] = 0
+        return price
 
     def _trim(self, bid_changes: dict[int, int], ask_changes: dict[int, int]) -> None:
         """Keep each side within 10% of the target depth by removing its farthest levels."""
@@ -309,16 +415,19 @@ class MarketModel:
             qty = levels[price]
             taken = min(qty, want)
             want -= taken
-            makers = 1 + min(4, int(-log(1.0 - random()) / 0.8))
-            first = self._next_trade_id
-            self._next_trade_id += makers
-            fills.append(
-                Fill(self._next_agg_id, price, taken, first, first + makers - 1, time_ms, book_side)
-            )
-            self._next_agg_id += 1
+            fills.append(self._fill(price, taken, time_ms, book_side))
             side.set(price, qty - taken)
             changes[price] = qty - taken
         return tuple(fills)
+
+    def _fill(self, price: int, quantity: int, time_ms: int, is_buyer_maker: bool) -> Fill:
+        """The next aggregate trade: 1 to 5 makers' trades at ``price``, the next ids."""
+        makers = 1 + min(4, int(-log(1.0 - self._rng.random()) / 0.8))
+        first = self._next_trade_id
+        self._next_trade_id += makers
+        agg_id = self._next_agg_id
+        self._next_agg_id += 1
+        return Fill(agg_id, price, quantity, first, first + makers - 1, time_ms, is_buyer_maker)
 
     def _seed_book(self) -> None:
         rng, tick = self._rng, self.spec.tick
@@ -334,6 +443,39 @@ class MarketModel:
                     raise ValueError(
                         f"{self.spec.symbol}: mid price too low for {self.levels} levels"
                     )
+
+
+class _Aftermath:
+    """What sweeps leave to the makers of the next updates, until they have done it."""
+
+    __slots__ = ("behind", "chaser", "near", "tick")
+
+    def __init__(self, tick: int) -> None:
+        self.tick = tick
+        self.chaser: bool | None = None
+        """The side (True: the bids) that quotes into the last sweep's gap while it is open."""
+        self.behind = [0, 0]
+        """Levels a swept side puts back behind its far end: the asks' ([0]), the bids' ([1])."""
+        self.near = [0, 0]
+        """Levels the other side adds near its new touch (elevated inserts), likewise."""
+
+    def swept(self, bids: bool, levels: int) -> None:
+        """Note a sweep of ``levels`` levels of the bids (or of the asks)."""
+        self.chaser = not bids
+        self.behind[bids] += levels
+        self.near[not bids] += levels
+
+    def settled(self, spread: int) -> bool:
+        """Whether nothing is left to do, given the spread now (the gap closes at one tick)."""
+        if spread <= self.tick:
+            self.chaser = None
+        return self.chaser is None and not any(self.behind) and not any(self.near)
+
+    def insert_share(self, is_bid: bool, n: int, target: int) -> float:
+        """The share of that side's changes that add a level."""
+        if self.behind[is_bid] or self.near[is_bid]:
+            return 0.8
+        return 0.45 if n < target or is_bid is self.chaser else 0.05
 
 
 def top_levels(

@@ -2,7 +2,8 @@
 
 A minimal HTTP/1.1 server (keep-alive, JSON bodies) on asyncio streams, with Binance's request
 weight accounting (``X-MBX-USED-WEIGHT-1M``, 429 then 418 with ``Retry-After``), its error bodies,
-the snapshot faults (refusal, delay, lag) and late aggTrades answers.
+the snapshot faults (refusal, delay, lag) and late aggTrades answers. Requests sent while a
+``Retry-After`` given to the client is still running are counted (``rest_in_retry_after``).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ class RestApi:
             writer.close()
 
     async def _route(self, method: str, target: str, client: str) -> Answer:
+        if self._limiter.arrive(client, self._clock()):
+            self._counts["rest_in_retry_after"] += 1
         url = urlsplit(target)
         query = parse_qs(url.query)
         prefix = "/fapi/v1" if self.market is Market.FUTURES else "/api/v3"
@@ -162,8 +165,11 @@ class RestApi:
         faults = self._faults()
         if faults.snapshot_429 and snapshot_refused(faults, self._rng):
             self._counts["snapshot_429"] += 1
-            used = self._limiter.used(client, self._clock())
-            return self._refused(429, 1, self._weight_headers(used), client)
+            now = self._clock()
+            self._limiter.told_to_wait(client, 1, now)
+            return self._refused(
+                429, 1, self._weight_headers(self._limiter.used(client, now)), client
+            )
         weight = futures_depth_weight(limit) if futures else spot_depth_weight(limit)
         verdict = self._limiter.check(client, weight, self._clock())
         extra = self._weight_headers(verdict.used_weight)

@@ -63,6 +63,7 @@ COUNT_NAMES = (
     "snapshot_lag",
     "rest_429",
     "rest_418",
+    "rest_in_retry_after",
     "ws_connections",
     "too_many_messages",
     "lifetime_closed",
@@ -273,7 +274,11 @@ class Simulator:
         return self._faults
 
     def counts(self) -> dict[str, int]:
-        """How often each fault and each limit happened (``gap``, ``rest_429``, ...)."""
+        """How often each fault and each limit happened (``gap``, ``rest_429``, ...).
+
+        ``rest_in_retry_after`` counts the REST requests a client sent while a ``Retry-After``
+        it was given (with a 429 or a 418) was still running, which Binance's rules forbid.
+        """
         return dict(self._counts)
 
     def traffic(self) -> dict[str, int]:

@@ -1,7 +1,7 @@
 """Stream names, connection paths and routes, as Binance defines them.
 
-USD-M Futures (since 2026-04-23) serves each stream on one route: depth and bookTicker on
-``/public``, aggTrade, markPrice and kline on ``/market``. Each route has both modes:
+USD-M Futures (since 2026-04-23) serves each stream on one route: depth (diff. and partial) and
+bookTicker on ``/public``, aggTrade, markPrice and kline on ``/market``. Each route has both modes:
 ``/public/ws/<a>/<b>`` (bare payloads) and ``/public/stream?streams=<a>/<b>`` (``{"stream","data"}``
 envelopes). A stream subscribed on another route, or on the legacy unrouted ``/ws`` and ``/stream``
 paths, is accepted and acknowledged but never delivered. Spot has only the unrouted paths.
@@ -32,7 +32,7 @@ class Kind(StrEnum):
     BOOK_TICKER = "bookTicker"  # generated
     AGG_TRADE = "aggTrade"  # generated
     MARK_PRICE = "markPrice"  # generated (futures only)
-    PARTIAL_DEPTH = "partialDepth"  # <s>@depth5 etc.: accepted, never generated
+    PARTIAL_DEPTH = "partialDepth"  # <s>@depth5, @depth10@100ms etc.: generated
     KLINE = "kline"  # accepted, never generated
 
 
@@ -44,10 +44,15 @@ HOME_ROUTE = {
     Kind.MARK_PRICE: Route.MARKET,
     Kind.KLINE: Route.MARKET,
 }
-GENERATED = frozenset({Kind.DEPTH, Kind.BOOK_TICKER, Kind.AGG_TRADE, Kind.MARK_PRICE})
+GENERATED = frozenset(
+    {Kind.DEPTH, Kind.PARTIAL_DEPTH, Kind.BOOK_TICKER, Kind.AGG_TRADE, Kind.MARK_PRICE}
+)
 
 FUTURES_DEPTH_SPEEDS = {"": 250, "@100ms": 100, "@500ms": 500}
 SPOT_DEPTH_SPEEDS = {"": 1000, "@100ms": 100}
+"""Suffix -> push interval (ms); these two tables serve the diff. and the partial depth streams."""
+PARTIAL_DEPTH_LEVELS = (5, 10, 20)
+"""The ``N`` of the partial book depth streams ``<symbol>@depthN``: levels a side."""
 MARK_PRICE_SPEEDS = {"": 3000, "@1s": 1000}
 KLINE_INTERVALS = frozenset("1m 3m 5m 15m 30m 1h 2h 4h 6h 8h 12h 1d 3d 1w 1M".split())
 
@@ -59,7 +64,8 @@ class StreamName:
     name: str  # as subscribed (lowercase symbol)
     symbol: str  # upper case, as in payloads
     kind: Kind
-    speed_ms: int = 0  # push interval of depth and markPrice streams
+    speed_ms: int = 0  # push interval of depth (diff. and partial) and markPrice streams
+    levels: int = 0  # levels a side of a partial depth stream
 
 
 def depth_speeds(market: Market) -> dict[str, int]:
@@ -72,6 +78,13 @@ def depth_stream(symbol: str, speed_ms: int, market: Market) -> str:
     """The stream name of ``symbol``'s diff. depth at ``speed_ms``."""
     suffix = next(k for k, v in depth_speeds(market).items() if v == speed_ms)
     return f"{symbol.lower()}@depth{suffix}"
+
+
+@cache
+def partial_depth_stream(symbol: str, levels: int, speed_ms: int, market: Market) -> str:
+    """The stream name of ``symbol``'s top ``levels`` levels at ``speed_ms``, ``btcusdt@depth5``."""
+    suffix = next(k for k, v in depth_speeds(market).items() if v == speed_ms)
+    return f"{symbol.lower()}@depth{levels}{suffix}"
 
 
 def mark_price_stream(symbol: str, speed_ms: int) -> str:
@@ -91,9 +104,10 @@ def parse_stream(name: str, market: Market) -> StreamName | None:
         speeds = depth_speeds(market)
         if tail in speeds:
             return StreamName(name, symbol, Kind.DEPTH, speeds[tail])
-        levels, _, speed = tail.partition("@")
-        if levels in ("5", "10", "20") and (not speed or f"@{speed}" in speeds):
-            return StreamName(name, symbol, Kind.PARTIAL_DEPTH)
+        levels, at, speed = tail.partition("@")
+        suffix = f"@{speed}" if at else ""
+        if levels in {str(n) for n in PARTIAL_DEPTH_LEVELS} and suffix in speeds:
+            return StreamName(name, symbol, Kind.PARTIAL_DEPTH, speeds[suffix], int(levels))
         return None
     if rest == "bookTicker":
         return StreamName(name, symbol, Kind.BOOK_TICKER)

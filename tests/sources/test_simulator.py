@@ -33,10 +33,19 @@ from sources.simulator import (
     SimulatorError,
     parse_faults,
 )
+from sources.simulator.exchange import Exchange, Frame
 from sources.simulator.faults import Malformed, break_frame, frame_action
 from sources.simulator.limits import MessageRate, WeightLimiter, futures_depth_weight
 from sources.simulator.market import BookHistory, MarketModel, default_spec, fmt
-from sources.simulator.streams import Kind, Route, delivered, parse_path, parse_stream
+from sources.simulator.streams import (
+    GENERATED,
+    Kind,
+    Route,
+    delivered,
+    depth_speeds,
+    parse_path,
+    parse_stream,
+)
 from tests.reference import FUTURES, SPOT, RefBook
 
 FUTURES_DEPTH_KEYS = ["e", "E", "T", "s", "U", "u", "pu", "b", "a"]
@@ -177,6 +186,26 @@ def test_weight_limiter_429_then_418_then_new_window() -> None:
     assert [futures_depth_weight(n) for n in (5, 50, 100, 500, 1000)] == [2, 2, 5, 10, 20]
 
 
+def test_weight_limiter_counts_requests_sent_inside_a_retry_after() -> None:
+    lim = WeightLimiter(budget=50, window_s=60, ban_after_429=1, ban_s=120)
+    assert not lim.arrive("ip", 0.0)
+    assert lim.check("ip", 40, 0.0).status == 200
+    assert not lim.arrive("ip", 10.0)
+    refused = lim.check("ip", 20, 10.0)
+    assert (refused.status, refused.retry_after_s) == (429, 50)
+    assert lim.arrive("ip", 11.0), "asked again 1 s into a 50 s Retry-After"
+    assert lim.check("ip", 20, 11.0).status == 418  # the ban, with its own Retry-After
+    assert lim.arrive("ip", 130.0), "the ban's 120 s had not passed"
+    assert lim.check("ip", 1, 130.0).status == 418  # still banned
+    assert not lim.arrive("ip", 131.0 + 120), "waited the last Retry-After it was given"
+    assert lim.ignored_retry_after("ip") == 2
+    assert not lim.arrive("other", 11.0) and lim.ignored_retry_after("other") == 0
+    # A refusal made outside the limiter (the injected snapshot 429) counts the same.
+    lim.told_to_wait("other", 1, 20.0)
+    assert lim.arrive("other", 20.5) and not lim.arrive("other", 21.0)
+    assert lim.ignored_retry_after("other") == 1
+
+
 def test_message_rate_counts_the_last_second() -> None:
     rate = MessageRate(10)
     assert all(rate.allow(0.05 * i) for i in range(10))
@@ -209,6 +238,150 @@ def test_streams_routes_and_paths() -> None:
     )
     assert parse_path("/public/ws", spot) is None
     assert parse_path("/private/ws", fut) is None
+
+
+def test_partial_depth_stream_names() -> None:
+    fut, spot = Market.FUTURES, Market.SPOT
+    assert Kind.PARTIAL_DEPTH in GENERATED
+    for name, market, levels, speed in [
+        ("btcusdt@depth5", fut, 5, 250),
+        ("btcusdt@depth10@100ms", fut, 10, 100),
+        ("btcusdt@depth20@500ms", fut, 20, 500),
+        ("btcusdt@depth20", spot, 20, 1000),
+        ("btcusdt@depth5@100ms", spot, 5, 100),
+    ]:
+        stream = parse_stream(name, market)
+        assert stream is not None, name
+        assert (stream.kind, stream.levels, stream.speed_ms) == (Kind.PARTIAL_DEPTH, levels, speed)
+    for name, market in [
+        ("btcusdt@depth5@500ms", spot),
+        ("btcusdt@depth15", fut),
+        ("btcusdt@depth5@250ms", fut),
+        ("btcusdt@depth5@", fut),
+    ]:
+        assert parse_stream(name, market) is None, name
+    partial = parse_stream("btcusdt@depth5", fut)
+    assert partial is not None
+    assert delivered(partial, Route.PUBLIC, fut, False)
+    assert not delivered(partial, Route.MARKET, fut, False)
+    assert delivered(partial, Route.LEGACY, spot, False)
+
+
+def check_partial_frames(
+    ex: Exchange, frames: list[Frame], last_u: dict[str, int], diff_listened: bool = True
+) -> None:
+    """Check every partial depth frame of one tick.
+
+    Each holds the simulator's book as of its ``u``; its ``pu`` is the ``u`` of the stream's
+    frame before (``last_u`` carries them from tick to tick). With ``diff_listened``, each comes
+    right after its symbol's diff. frame of the same speed (or another partial frame of it),
+    with the same ids.
+    """
+    futures = ex.market is Market.FUTURES
+    streams = [parse_stream(f.stream, ex.market) for f in frames]
+    for k, (frame, stream) in enumerate(zip(frames, streams, strict=True)):
+        assert stream is not None
+        if stream.kind is not Kind.PARTIAL_DEPTH:
+            continue
+        assert not frame.depth, "a gap fault drops diff. depth frames only"
+        data = json.loads(frame.data)
+        if futures:
+            assert list(data) == FUTURES_DEPTH_KEYS
+            assert data["pu"] == last_u.get(frame.stream, data["pu"]), "pu chains"
+            u, bids, asks, decimals = data["u"], data["b"], data["a"], (2, 3)
+        else:
+            assert list(data) == ["lastUpdateId", "bids", "asks"]
+            u, bids, asks, decimals = data["lastUpdateId"], data["bids"], data["asks"], (8, 8)
+        last_u[frame.stream] = u
+        if diff_listened:
+            j = k - 1
+            same = (stream.symbol, stream.speed_ms)
+            while (kind := streams[j]) and kind.kind is Kind.PARTIAL_DEPTH:
+                assert (kind.symbol, kind.speed_ms) == same
+                j -= 1
+            diff_stream = streams[j]
+            assert diff_stream is not None and diff_stream.kind is Kind.DEPTH
+            assert (diff_stream.symbol, diff_stream.speed_ms) == same
+            diff = json.loads(frames[j].data)
+            assert u == diff["u"]
+            if futures:
+                keys = ["E", "T", "s", "U", "u", "pu"]
+                assert [data[key] for key in keys] == [diff[key] for key in keys]
+        book = ex.book_at(stream.symbol, u, stream.levels)
+        assert len(bids) == len(asks) == stream.levels
+        assert tuple((units(p), units(q)) for p, q in bids) == book.bids
+        assert tuple((units(p), units(q)) for p, q in asks) == book.asks
+        for price, qty in bids + asks:
+            assert re.fullmatch(rf"\d+\.\d{{{decimals[0]}}}", price)
+            assert re.fullmatch(rf"\d+\.\d{{{decimals[1]}}}", qty)
+
+
+@pytest.mark.parametrize("market", [Market.FUTURES, Market.SPOT])
+def test_partial_depth_frames_follow_the_diff_frame_with_the_top_levels(market: Market) -> None:
+    # ETHUSDT trades rarely: some intervals have no update, hence neither frame.
+    config = SimulatorConfig(
+        symbols=("BTCUSDT", "ETHUSDT"), market=market, rate=300, rates={"ETHUSDT": 6}
+    )
+    ex = Exchange(config)
+    last_u: dict[str, int] = {}
+    counts: dict[tuple[str, str], int] = {}
+    for i in range(1, 81):  # 4 s
+        frames = ex.tick(i * 50)  # every stream
+        check_partial_frames(ex, frames, last_u)
+        for frame in frames:
+            stream = parse_stream(frame.stream, market)
+            assert stream is not None
+            if stream.kind in (Kind.DEPTH, Kind.PARTIAL_DEPTH):
+                key = (frame.symbol, f"{stream.speed_ms}:{stream.levels}")
+                counts[key] = counts.get(key, 0) + 1
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        for speed in depth_speeds(market).values():
+            diffs = counts.get((sym, f"{speed}:0"), 0)
+            assert diffs > 0
+            for n in (5, 10, 20):
+                assert counts.get((sym, f"{speed}:{n}"), 0) == diffs, "one per diff. frame"
+    assert counts["ETHUSDT", "100:0"] < 40, "quiet intervals push nothing"
+
+
+def test_partial_depth_frames_are_made_for_listeners_only() -> None:
+    ex = Exchange(SimulatorConfig(symbols=("BTCUSDT", "ETHUSDT"), rate=300))
+    last_u: dict[str, int] = {}
+    listened = {"btcusdt@depth5@500ms", "ethusdt@depth@100ms"}
+    streams = set()
+    for i in range(1, 41):
+        frames = ex.tick(i * 50, listened)
+        streams |= {f.stream for f in frames}
+        check_partial_frames(ex, frames, last_u, diff_listened=False)
+    assert streams == listened
+    assert list(last_u) == ["btcusdt@depth5@500ms"]
+
+
+def test_partial_depth_frames_in_the_load_test_mode_cover_their_interval() -> None:
+    config = SimulatorConfig(
+        symbols=("BTCUSDT",), rate=2000, tick_ms=5, depth_frame_per_update=True
+    )
+    ex = Exchange(config)
+    diffs: list[dict[str, Any]] = []
+    partials: list[dict[str, Any]] = []
+    listened = {"btcusdt@depth@100ms", "btcusdt@depth10@100ms"}
+    for i in range(1, 101):  # 0.5 s
+        frames = ex.tick(i * 5, listened)
+        for frame in frames:
+            data = json.loads(frame.data)
+            if frame.stream == "btcusdt@depth10@100ms":
+                assert i % 20 == 0, "at the 100 ms interval's end only"
+                assert data["u"] == ex.last_update_id("BTCUSDT") == diffs[-1]["u"]
+                first = next(d for d in diffs if d["U"] > (partials[-1]["u"] if partials else 0))
+                assert data["U"] == first["U"] and data["pu"] == first["pu"]
+                book = ex.book_at("BTCUSDT", data["u"], 10)
+                assert tuple((units(p), units(q)) for p, q in data["b"]) == book.bids
+                assert tuple((units(p), units(q)) for p, q in data["a"]) == book.asks
+                partials.append(data)
+            else:
+                diffs.append(data)
+    assert len(partials) == 5 and len(diffs) > 900
+    for prev, cur in itertools.pairwise(partials):
+        assert cur["pu"] == prev["u"]
 
 
 # -- the servers ------------------------------------------------------------------------------
@@ -464,6 +637,25 @@ def test_spot_variant() -> None:
         ws.close()
 
 
+def test_public_route_delivers_enveloped_partial_depth_frames(sim: Any) -> None:
+    ws = connect(sim.stream_url(["btcusdt@depth20@100ms"]))
+    frames = [json.loads(t) for t in collect(ws, 0.6)]
+    ws.close()
+    assert len(frames) >= 3
+    assert {f["stream"] for f in frames} == {"btcusdt@depth20@100ms"}
+    for prev, cur in itertools.pairwise(f["data"] for f in frames):
+        assert cur["pu"] == prev["u"]
+    for frame in frames:
+        data = frame["data"]
+        assert list(data) == FUTURES_DEPTH_KEYS and data["s"] == "BTCUSDT"
+        book = sim.book_at("BTCUSDT", data["u"], 20)
+        assert tuple((units(p), units(q)) for p, q in data["b"]) == book.bids
+        assert tuple((units(p), units(q)) for p, q in data["a"]) == book.asks
+    ws = connect(sim.stream_url(["btcusdt@depth5"], "market"))
+    assert collect(ws, 0.4) == [], "partial depth lives on /public"
+    ws.close()
+
+
 # -- faults -----------------------------------------------------------------------------------
 
 
@@ -567,6 +759,53 @@ def test_rest_weight_budget_gives_429_then_418() -> None:
         status, headers, body = get(url)
         assert status == 418 and int(headers["Retry-After"]) >= 60 and "banned" in body["msg"]
         assert s.counts()["rest_429"] == 1 and s.counts()["rest_418"] == 1
+
+
+class FakeClock:
+    """A wall clock that moves only when told."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_rest_requests_inside_retry_after_are_counted() -> None:
+    clock = FakeClock(1_800_000_000.0)  # the start of a minute
+    config = SimulatorConfig(symbols=("BTCUSDT",), rate=10, weight_budget=40, ban_after_429=1)
+    with Simulator(config, clock=clock) as s:
+        url = s.depth_url("BTCUSDT", 1000)  # weight 20
+        assert [get(url)[0] for _ in range(2)] == [200, 200]
+        status, headers, _ = get(url)
+        assert (status, headers["Retry-After"]) == (429, "60")
+        clock.now += 59
+        assert get(url)[0] == 418, "one second too early: banned"
+        assert s.counts()["rest_in_retry_after"] == 1
+        assert get(f"{s.rest_url}/fapi/v1/ping")[0] == 418, "any request counts"
+        assert s.counts()["rest_in_retry_after"] == 2
+        clock.now += 120  # the ban's Retry-After, waited out
+        assert get(url)[0] == 200
+        assert s.counts()["rest_in_retry_after"] == 2
+
+
+def test_rest_requests_that_wait_for_retry_after_are_not_counted() -> None:
+    clock = FakeClock(1_800_000_030.0)  # half a minute in
+    config = SimulatorConfig(symbols=("BTCUSDT",), rate=10, weight_budget=40)
+    with Simulator(config, clock=clock) as s:
+        url = s.depth_url("BTCUSDT", 1000)
+        assert [get(url)[0] for _ in range(2)] == [200, 200]
+        status, headers, _ = get(url)
+        assert status == 429
+        clock.now += int(headers["Retry-After"])
+        assert get(url)[0] == 200
+        s.set_faults(snapshot_429=1.0)  # Retry-After: 1
+        assert get(url)[0] == 429
+        clock.now += 1
+        s.set_faults(snapshot_429=0.0)
+        assert get(url)[0] == 200
+        counts = s.counts()
+        assert counts["rest_in_retry_after"] == 0 and counts["rest_429"] == 2
 
 
 def test_too_many_messages_disconnects() -> None:
