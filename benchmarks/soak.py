@@ -50,6 +50,7 @@ from market_data.events import (
     Trade,
 )
 from market_data.options import BinanceFuturesOptions, OrderBookOptions
+from market_data.runtime import PipelineRuntime
 from market_data.shutdown import reset as reset_shutdown
 from operators.orderbook import apply
 from sinks.payload import book_dict, encode_book
@@ -338,11 +339,17 @@ def run_soak(
     workers: int = 1,
     warmup_s: float | None = None,
     trace_memory: bool = False,
+    partial_depth: bool = True,
+    sweep_every_s: float | None = None,
+    levels: int = 1_000,
 ) -> SoakReport:
     """Run the flow for ``seconds`` against a faulty simulator; return the figures.
 
     ``trace_memory`` runs tracemalloc (slower) and reports which source lines' allocations grew
-    between the end of the warm-up and the end of the run.
+    between the end of the warm-up and the end of the run. ``partial_depth=False`` starts and
+    resyncs books from REST snapshots only (so the snapshot faults happen); ``sweep_every_s``
+    has takers sweep 80 levels of one side that often, in books of ``levels`` a side, so books
+    live for the whole run cross the deepest level of their snapshot.
     """
     warm = warmup_s if warmup_s is not None else min(60.0, seconds / 5)
     names = [f"SOAK{i:02d}USDT" for i in range(symbols)]
@@ -352,6 +359,8 @@ def run_soak(
         rate=rate,
         seed=seed,
         faults=fault_config,
+        levels=levels,
+        sweep_every_s=sweep_every_s,
         # Books are checked as they are published, so a minute of history is plenty; a bounded
         # history also keeps the simulator's own memory flat after the first minute.
         history_updates=max(2_000, int(rate * 60)),
@@ -376,11 +385,14 @@ def run_soak(
             max_reconnect_delay_ms=1000,
             partitions=2,
             run_for_s=seconds,
+            partial_depth=partial_depth,
         )
         flow = Dataflow("soak")
-        src = op.input("binance", flow, BinanceSource(options, Market.FUTURES))
+        runtime = PipelineRuntime()
+        source = BinanceSource(options, Market.FUTURES, depth=DEPTH, wants=runtime.wants)
+        src = op.input("binance", flow, source)
         op.inspect("seen_at_source", src, checker.on_source)
-        books = apply("order_book", src, OrderBookOptions(depth=DEPTH), Market.FUTURES)
+        books = apply("order_book", src, OrderBookOptions(depth=DEPTH), Market.FUTURES, runtime)
         op.output("check", books, CheckSink(checker))
         op.output("shm", books, ShmSink(f"soak_{os.getpid()}", 4096, 1024, "shm:soak"))
         sampler.start()
@@ -508,6 +520,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="trace allocations (slower) and print the lines that grew after the warm-up",
     )
+    p.add_argument(
+        "--no-partial-depth",
+        action="store_true",
+        help="start and resync books from REST snapshots only (the snapshot faults then happen)",
+    )
+    p.add_argument(
+        "--sweep-every", type=float, default=None, help="seconds between 80-level sweeps"
+    )
+    p.add_argument("--levels", type=int, default=1_000, help="levels a side of each book")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
@@ -520,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         args.workers,
         warmup_s=args.warmup_seconds,
         trace_memory=args.trace_memory,
+        partial_depth=not args.no_partial_depth,
+        sweep_every_s=args.sweep_every,
+        levels=args.levels,
     )
     print(format_report(report))
     if args.json:

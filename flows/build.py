@@ -17,6 +17,7 @@ from market_data import speedups
 from market_data.config import AppConfig, PipelineConfig
 from market_data.events import Market
 from market_data.registry import OPERATORS, SINKS, SOURCES
+from market_data.runtime import PipelineRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +41,15 @@ def _add_pipeline(flow: Dataflow, pipeline: PipelineConfig) -> None:
     prefix = pipeline.step_prefix
     kind = SOURCES.get(pipeline.source.type)
     assert kind is not None  # validated
-    source = kind.builder()(pipeline.source, pipeline)
+    runtime = PipelineRuntime()  # shared by this pipeline's source and operators
+    source = kind.builder()(pipeline.source, pipeline, runtime=runtime)
     market: Market = getattr(source, "market", Market.FUTURES)
     stream = op.input(f"{prefix}_source", flow, source)
     for i, options in enumerate(pipeline.operators):
         op_kind = OPERATORS.get(options.type)
         assert op_kind is not None
         step = f"{prefix}_order_book" if options.type == "orderbook" else f"{prefix}_op_{i}"
-        stream = op_kind.builder()(step, stream, options, market)
+        stream = op_kind.builder()(step, stream, options, market, runtime=runtime)
     for i, options in enumerate(pipeline.sinks):
         sink_kind = SINKS.get(options.type)
         assert sink_kind is not None

@@ -72,6 +72,17 @@ class Topology:
         return self.process_count * self.workers_per_process
 
     @property
+    def processes_on_host(self) -> int:
+        """Processes of the cluster on this process's host (they share the exchange's IP limits).
+
+        Counted from the cluster's addresses: those that name the same host as this one's.
+        """
+        if not self.addresses or self.process_id >= len(self.addresses):
+            return 1
+        host = self.addresses[self.process_id].rpartition(":")[0]
+        return max(1, sum(1 for a in self.addresses if a.rpartition(":")[0] == host))
+
+    @property
     def serves(self) -> bool:
         """Whether the process serves the HTTP port (process 0 of a cluster, or the only one)."""
         return self.process_id == 0

@@ -50,6 +50,25 @@ PROCESSING_LATENCY_S = Histogram(
 )
 ORDERBOOK_UPDATES = Counter("orderbook_updates", "Book updates emitted", ["symbol"])
 SEQUENCE_ERRORS = Counter("sequence_errors", "Sequence gaps detected", ["symbol"])
+BOOK_WINDOW_MISSES = Counter(
+    "book_window_misses",
+    "Times a live book stopped publishing because its top reached past the prices it knows "
+    "exactly (a fresher snapshot widens them again)",
+    ["symbol"],
+)
+BOOK_SYNC_SECONDS = Histogram(
+    "book_sync_seconds",
+    "From the moment a book stops being published (or its first event) until it is published "
+    "again: how long a start, a resync or a window miss kept it away",
+    ["symbol"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+BOOK_AUDIT_MISMATCHES = Counter(
+    "book_audit_mismatches",
+    "Snapshots merged into a live book that disagreed with it (the book takes the exchange's "
+    "levels)",
+    ["symbol"],
+)
 TRADES_PROCESSED = Counter("trades_processed", "Trades emitted", ["symbol"])
 REDIS_PUBLISHES = Counter("redis_publishes", "Messages written to Redis", ["symbol", "type"])
 REDIS_ERRORS = Counter("redis_errors", "Failed Redis writes", ["symbol"])

@@ -131,7 +131,7 @@ def book_problem(book: dict[str, Any] | None) -> str | None:
     if book is None or book["state"] == BookState.AWAITING_SNAPSHOT.value:
         return "awaiting snapshot"
     if book["state"] == BookState.RESYNCING.value:
-        return f"resyncing after gap: {book['reason']}" if book["reason"] else "resyncing"
+        return f"resyncing: {book['reason']}" if book["reason"] else "resyncing"
     return None
 
 
@@ -166,6 +166,7 @@ def ready(expect: Expectations, merged: Merged) -> tuple[bool, dict[str, Any]]:
         if not symbols:
             not_ready.append({"pipeline": p.name, "reason": "no symbol seen yet"})
         details: dict[str, Any] = {}
+        synced = 0
         for symbol in symbols:
             book = merged.books.get((p.name, symbol))
             link = merged.links.get((p.name, symbol))
@@ -181,7 +182,13 @@ def ready(expect: Expectations, merged: Merged) -> tuple[bool, dict[str, Any]]:
                 not_ready.append(
                     {"pipeline": p.name, "symbol": symbol, "reason": "; ".join(problems)}
                 )
-        pipelines[p.name] = {"symbols": details, "sinks": sinks}
+            if book is not None and book["state"] == BookState.SYNCED.value:
+                synced += 1
+        pipelines[p.name] = {
+            "books": f"{synced} of {len(symbols)} synced",
+            "symbols": details,
+            "sinks": sinks,
+        }
     ok = not not_ready
     return ok, {
         "status": "ready" if ok else "not_ready",

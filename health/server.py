@@ -265,7 +265,10 @@ def start(config: AppConfig, topology: Topology, directory: Path | None) -> Side
     disable_created_metrics()
     with _lock:
         STATE.configure(
-            scopes(config), process_id=topology.process_id, workers=topology.workers_per_process
+            scopes(config),
+            process_id=topology.process_id,
+            workers=topology.workers_per_process,
+            processes=topology.process_count,
         )
         if not settings.enabled:
             if _current is not None:

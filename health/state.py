@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from market_data.events import BookState
+from market_data.placement import worker_of_key
 
 logger = logging.getLogger(__name__)
 
 REPORT_FORMAT = 1
 """Version of the :meth:`HealthState.snapshot` layout."""
+_SYNCED = BookState.SYNCED.value
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,12 @@ class PipelineScope:
 class BookHealth:
     """One symbol's book as its order-book operator last saw it."""
 
-    __slots__ = ("last_update_at", "last_update_id", "pipeline", "status", "symbol")
+    __slots__ = ("_state", "last_update_at", "last_update_id", "pipeline", "status", "symbol")
 
-    def __init__(self, pipeline: str, symbol: str, now: float) -> None:
+    def __init__(
+        self, pipeline: str, symbol: str, now: float, state: HealthState | None = None
+    ) -> None:
+        self._state = state
         self.pipeline = pipeline
         self.symbol = symbol
         # (state, reason, since): one tuple, so a reader never sees a state with another's reason
@@ -60,7 +65,10 @@ class BookHealth:
 
     def changed(self, state: BookState, reason: str, now: float) -> None:
         """The book's sync state changed (a ``BookStatus`` was emitted)."""
+        was = self.status[0]
         self.status = (state.value, reason, now)
+        if self._state is not None and (was == _SYNCED) != (state.value == _SYNCED):
+            self._state._synced_changed(self.pipeline, state.value == _SYNCED, now)
 
     def updated(self, last_update_id: int, now: float) -> None:
         """A book update was emitted."""
@@ -141,10 +149,21 @@ class HealthState:
         self._books: dict[tuple[str, str], BookHealth] = {}
         self._connections: set[ConnectionHealth] = set()
         self._sinks: set[SinkHealth] = set()
+        # Per pipeline: books this process keeps (None: unknown), how many are synced, and
+        # since when not all of them are (for the "all synced" log line).
+        self._expected: dict[str, int | None] = {}
+        self._clustered = False
+        self._synced: dict[str, int] = {}
+        self._unsynced_since: dict[str, float] = {}
 
     # -- set-up (build time) -------------------------------------------------------------------
     def configure(
-        self, scopes: Iterable[PipelineScope], *, process_id: int = 0, workers: int = 1
+        self,
+        scopes: Iterable[PipelineScope],
+        *,
+        process_id: int = 0,
+        workers: int = 1,
+        processes: int = 1,
     ) -> None:
         """Name the pipelines whose parts will report; forget books of an earlier flow."""
         with self._lock:
@@ -158,6 +177,43 @@ class HealthState:
             self.workers = workers
             self.started_at = self._clock()
             self.processed_at = self.received_at = None
+            total = processes * workers
+            self._clustered = processes > 1
+            self._expected = {
+                scope.name: sum(
+                    1 for s in scope.symbols if worker_of_key(s, total) // workers == process_id
+                )
+                if scope.symbols
+                else None
+                for scope in self._scopes
+            }
+            self._synced = dict.fromkeys(self._expected, 0)
+            self._unsynced_since = dict.fromkeys(self._expected, self.started_at)
+
+    def _synced_changed(self, pipeline: str, synced: bool, now: float) -> None:
+        """One of ``pipeline``'s books became synced or stopped being: log when all are."""
+        with self._lock:
+            if pipeline not in self._synced:
+                return
+            expected = self._expected.get(pipeline)
+            before = self._synced[pipeline]
+            count = self._synced[pipeline] = before + (1 if synced else -1)
+            if expected is None:
+                return
+            if not synced and before == expected:
+                self._unsynced_since[pipeline] = now
+            if synced and count == expected:
+                since = self._unsynced_since[pipeline]
+                first = since == self.started_at
+                logger.info(
+                    "%s: all %d books%s synced%s, %.1f s after %s",
+                    pipeline,
+                    expected,
+                    f" of process {self.process_id}" if self._clustered else "",
+                    "" if first else " again",
+                    now - since,
+                    "start" if first else "the first went out of sync",
+                )
 
     def _pipeline_of_step(self, step_id: str) -> str:
         name = self._by_step.get(step_id)
@@ -193,7 +249,8 @@ class HealthState:
             pipeline = self._pipeline_of_step(step_id)
             entry = self._books.get((pipeline, symbol))
             if entry is None:
-                entry = self._books[pipeline, symbol] = BookHealth(pipeline, symbol, self._clock())
+                entry = BookHealth(pipeline, symbol, self._clock(), self)
+                self._books[pipeline, symbol] = entry
             return entry
 
     def connection(self, source_type: str, symbols: Iterable[str]) -> ConnectionHealth:

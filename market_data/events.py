@@ -27,6 +27,12 @@ Level = tuple[int, int]
 """A ``(price_units, quantity_units)`` pair."""
 
 
+def units_text(units: int) -> str:
+    """``13_762_000_000`` -> ``"137.62"``: units as the plain decimal a person reads."""
+    whole, frac = divmod(units, SCALE)
+    return f"{whole}.{frac:08d}".rstrip("0").rstrip(".") if frac else str(whole)
+
+
 class Market(StrEnum):
     """Which of Binance's sequence rules a stream follows."""
 
@@ -50,15 +56,31 @@ class DepthDelta(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class DepthSnapshot:
-    """A REST depth snapshot (``GET /fapi/v1/depth`` or ``/api/v3/depth``)."""
+    """The top of a book at ``last_update_id``: a REST depth snapshot or a partial depth frame.
+
+    ``limit`` is how many levels a side was asked for (the REST ``limit``, or the 5/10/20 of a
+    ``<symbol>@depth20`` stream). A side with fewer levels than that is the whole side; a side
+    with ``limit`` levels is known exactly only down to its deepest level (the exchange may hold
+    more beyond it), and so is a side of a snapshot whose ``limit`` is not known (``None``).
+    """
 
     symbol: str
     last_update_id: int
-    bids: tuple[Level, ...]
-    asks: tuple[Level, ...]
+    bids: tuple[Level, ...]  # best first
+    asks: tuple[Level, ...]  # best first
     recv_time: float
     event_time_ms: int | None = None  # futures snapshots carry E; spot ones do not
     recv_ns: int = 0
+    limit: int | None = None
+    from_stream: bool = False  # a partial depth frame (``@depth20``), not a REST answer
+
+    def window(self) -> tuple[int | None, int | None]:
+        """The lowest bid and highest ask price known exactly; ``None``: the whole side is."""
+        limit = self.limit
+        bids, asks = self.bids, self.asks
+        floor = bids[-1][0] if bids and (limit is None or len(bids) >= limit) else None
+        ceiling = asks[-1][0] if asks and (limit is None or len(asks) >= limit) else None
+        return floor, ceiling
 
 
 class Trade(NamedTuple):
@@ -125,6 +147,14 @@ class BookState(StrEnum):
     RESYNCING = "resyncing"
 
 
+class StatusCause(StrEnum):
+    """What a status is about: the stream's sequence, the book's exact window, or an audit."""
+
+    SEQUENCE = "sequence"  # synced with the stream; or a gap, crossed book: dropped until resynced
+    WINDOW = "window"  # live, but its top reaches past the prices it knows exactly (or back)
+    AUDIT = "audit"  # a snapshot merged into the live book disagreed with it
+
+
 @dataclass(frozen=True, slots=True)
 class BookStatus:
     """A change in a symbol's sync state: gaps are data, not exceptions."""
@@ -134,6 +164,7 @@ class BookStatus:
     reason: str
     last_update_id: int | None
     recv_time: float
+    cause: StatusCause = StatusCause.SEQUENCE
 
 
 OutputEvent = BookUpdate | Trade | BookStatus

@@ -61,7 +61,9 @@ class BinanceOptions(Options):
     record: str | None = None  # path of a recording of every raw frame (see sources.recording)
     partitions: PositiveInt = 4  # symbol groups, each with its own connections and thread
     max_streams_per_connection: Annotated[int, Field(ge=1, le=1024)] = 1024
-    snapshot_weight_budget: PositiveInt = 1200  # REST weight per window, per process
+    # REST weight per window, per process; None: 80% of the exchange's limit, shared equally by
+    # the cluster's processes on this host (see sources.policy.default_weight_budget).
+    snapshot_weight_budget: PositiveInt | None = None
     snapshot_window_s: Annotated[float, Field(gt=0)] = 60.0
     # The exchange's request-weight limit per IP and window (Binance: 2400 futures, 6000 spot);
     # requests wait for the next window only when the server's used-weight header says so.
@@ -74,6 +76,10 @@ class BinanceOptions(Options):
     trade_backfill: bool = True
     trade_backfill_max_trades: PositiveInt = 10_000
     trade_backfill_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Listen to each symbol's partial depth stream (<symbol>@depth20) too: its frames start a
+    # book that publishes at most 20 levels without any REST request, and check (and widen)
+    # every live book's top at no cost (see docs/architecture.md, "Snapshots").
+    partial_depth: bool = True
 
 
 class BinanceFuturesOptions(BinanceOptions):

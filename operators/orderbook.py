@@ -32,11 +32,13 @@ from market_data.events import (
     OutputEvent,
     ResyncRequest,
     SourceEvent,
+    StatusCause,
     Trade,
 )
 from market_data.logs import Occurrences
 from market_data.options import OrderBookOptions
-from operators.symbol import SNAPSHOT_REPLACED, SymbolState
+from market_data.runtime import BookWants, PipelineRuntime
+from operators.symbol import SymbolState
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,22 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
     """
 
     def __init__(
-        self, options: OrderBookOptions, market: Market, resume: _Resume, step_id: str = ""
+        self,
+        options: OrderBookOptions,
+        market: Market,
+        resume: _Resume,
+        step_id: str = "",
+        wants: BookWants | None = None,
     ) -> None:
         self.options = options
         self.market = market
         self.resume = resume
         self.step_id = step_id
+        self.wants = wants
+        # Whether the book was unpublished after the last batch (a new one is: its first
+        # publication is timed too; the source asks for its first snapshot by itself).
+        self.unpublished = True
+        self.unpublished_since = time.time()  # for the time a book takes to (re)sync
         self.state: SymbolState | None = None
         self.health: BookHealth | None = None
         self.metrics: _Metrics | None = None
@@ -78,6 +90,18 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
             m = self.metrics = _Metrics(state.symbol)
         out = state.on_events(values)
         _export_metrics(m, values, out, self.health)
+        if state.published is self.unpublished:  # it changed: time it, tell the source
+            now = time.time()
+            if state.published:
+                m.sync_seconds.observe(max(0.0, now - self.unpublished_since))
+                if self.wants is not None:
+                    self.wants.clear(state.symbol)
+            else:
+                self.unpublished_since = now
+                if self.wants is not None:
+                    window = state.unknown is not None
+                    self.wants.post(state.symbol, state.unknown or "not synced", now, window)
+            self.unpublished = not state.published
         return out, StatefulBatchLogic.RETAIN
 
     @override
@@ -88,7 +112,17 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
 class _Metrics:
     """One symbol's metric children, looked up once (``labels()`` costs ~1 µs a call)."""
 
-    __slots__ = ("books", "errors", "gaps", "processed", "symbol", "trades")
+    __slots__ = (
+        "audit_mismatches",
+        "books",
+        "errors",
+        "gaps",
+        "processed",
+        "symbol",
+        "sync_seconds",
+        "trades",
+        "window_misses",
+    )
 
     def __init__(self, symbol: str) -> None:
         self.symbol = symbol
@@ -97,6 +131,9 @@ class _Metrics:
         self.books = metrics.ORDERBOOK_UPDATES.labels(symbol)
         self.trades = metrics.TRADES_PROCESSED.labels(symbol)
         self.gaps = metrics.SEQUENCE_ERRORS.labels(symbol)
+        self.window_misses = metrics.BOOK_WINDOW_MISSES.labels(symbol)
+        self.audit_mismatches = metrics.BOOK_AUDIT_MISMATCHES.labels(symbol)
+        self.sync_seconds = metrics.BOOK_SYNC_SECONDS.labels(symbol)
 
     def processed_of(self, kind: str) -> Any:
         child = self.processed.get(kind)
@@ -136,8 +173,13 @@ def _export_metrics(
         elif t is Trade:
             trades += 1
         elif isinstance(ev, BookStatus):
-            if ev.state is not BookState.SYNCED and ev.reason != SNAPSHOT_REPLACED:
-                gaps += 1
+            if ev.state is not BookState.SYNCED:
+                if ev.cause is StatusCause.SEQUENCE:
+                    gaps += 1
+                elif ev.cause is StatusCause.WINDOW:
+                    m.window_misses.inc()
+                else:
+                    m.audit_mismatches.inc()
             if health is not None:
                 health.changed(ev.state, ev.reason, now)
     STATE.processed_at = now
@@ -161,17 +203,23 @@ def _kind(ev: Any) -> str:
 
 
 def apply(
-    step_id: str, up: Stream[SourceEvent], options: OrderBookOptions, market: Market
+    step_id: str,
+    up: Stream[SourceEvent],
+    options: OrderBookOptions,
+    market: Market,
+    runtime: PipelineRuntime | None = None,
 ) -> Stream[OutputEvent]:
     """Key ``up`` by symbol, keep one book per symbol, and emit book updates, trades and statuses.
 
     Events without a symbol (malformed frames, subscription answers) are counted and logged in a
-    side branch and never reach a book.
+    side branch and never reach a book. Books that are not published are posted to
+    ``runtime.wants``, where the live source finds the ones it should fetch a snapshot for.
     """
     # One Python call per batch at each end, not one per item and step: branch + inspect +
     # key_on + key_rm cost ~3 µs an item in a replay flow doing ~60 µs of work per item.
     keyed = op.flat_map_batch(f"{step_id}_by_symbol", up, _Router(f"{step_id}_by_symbol"))
-    books = op.stateful_batch(step_id, keyed, _Builder(options, market, step_id))
+    wants = runtime.wants if runtime is not None else None
+    books = op.stateful_batch(step_id, keyed, _Builder(options, market, step_id, wants))
     return op.flat_map_batch(f"{step_id}_unkey", books, _values)
 
 
@@ -199,13 +247,20 @@ def _values(batch: list[tuple[str, OutputEvent]]) -> list[OutputEvent]:
 class _Builder:
     """Builds a :class:`BookLogic` for a new key; a plain picklable object, not a closure."""
 
-    def __init__(self, options: OrderBookOptions, market: Market, step_id: str = "") -> None:
+    def __init__(
+        self,
+        options: OrderBookOptions,
+        market: Market,
+        step_id: str = "",
+        wants: BookWants | None = None,
+    ) -> None:
         self.options = options
         self.market = market
         self.step_id = step_id  # names the pipeline in the health state
+        self.wants = wants
 
     def __call__(self, resume: _Resume) -> BookLogic:
-        return BookLogic(self.options, self.market, resume, self.step_id)
+        return BookLogic(self.options, self.market, resume, self.step_id, self.wants)
 
 
 def _symbol_of(ev: SourceEvent) -> str:

@@ -22,8 +22,10 @@ from market_data.events import (
     OutputEvent,
     ResyncRequest,
     SourceEvent,
+    StatusCause,
     Trade,
 )
+from market_data.logs import Occurrences
 from operators.book import DEFAULT_MAX_LEVELS
 from operators.sync import DEFAULT_MAX_BUFFER, BookSync, Outcome, Step
 
@@ -31,12 +33,18 @@ logger = logging.getLogger(__name__)
 
 _APPLIED = Outcome.APPLIED.value
 
-SNAPSHOT_REPLACED = "newer snapshot replaced the live book"
-"""The reason of a ``resyncing`` status that is not a sequence error."""
-
 
 class SymbolState:
-    """The book of one symbol plus the id of the last trade passed on."""
+    """The book of one symbol plus the id of the last trade passed on.
+
+    A book is *published* (a ``synced`` status, then a view after every update) only while its
+    sync follows the exchange's stream and its top ``depth`` levels lie inside the prices it
+    knows exactly (:meth:`operators.book.OrderBook.exact_top`). When the top reaches past them
+    (a sweep through the book beyond the last snapshot's deepest level), a ``resyncing`` status
+    says so and nothing is published until a snapshot widens the window again; ``unknown`` holds
+    the reason meanwhile, and ``unknown_since`` the receipt time it started, so the operator can
+    ask the source for a snapshot.
+    """
 
     def __init__(
         self,
@@ -51,40 +59,37 @@ class SymbolState:
             raise ValueError(f"depth must be positive; got {depth}")
         self.symbol = symbol
         self.depth = depth
-        self.sync = BookSync(market, max_levels, max_buffer)
+        self.sync = BookSync(market, max_levels, max_buffer, min_levels=depth)
         self.last_trade_id = last_trade_id
         self.counts: Counter[str] = Counter()  # outcome name -> events, for metrics and tests
+        self.published = False
+        self.unknown: str | None = None
+        self.unknown_since = 0.0
+        self._seen = Occurrences(max_keys=2)  # window misses and audit mismatches to log
 
     def on_events(self, events: Iterable[SourceEvent]) -> list[OutputEvent]:
         """Handle a batch of this symbol's events in order; return what to emit."""
         out: list[OutputEvent] = []
+        sync = self.sync
         for ev in events:
             if type(ev) is DepthDelta:
-                step = self.sync.on_delta(ev)
+                step = sync.on_delta(ev)
                 if step.outcome is Outcome.APPLIED:  # the common case, kept short
                     self.counts[_APPLIED] += 1
-                    out.append(self.view())
+                    if sync.held:
+                        self._on_steps(sync.settle(), ev.recv_time, out, changed=True)
+                    else:
+                        self._publish(ev.recv_time, out)
+                elif sync.held:
+                    self._on_steps((step, *sync.settle()), ev.recv_time, out)
                 else:
                     self._on_steps((step,), ev.recv_time, out)
             elif type(ev) is Trade:
                 self._on_trade(ev, out)
             elif type(ev) is DepthSnapshot:
-                was_synced, before = self.sync.synced, len(out)
-                self._on_steps(self.sync.on_snapshot(ev), ev.recv_time, out)
-                said = any(type(o) is BookStatus for o in out[before:])
-                if was_synced and not self.sync.synced and not said:
-                    # A newer snapshot replaced the live book: say so until it joins the stream.
-                    out.append(
-                        BookStatus(
-                            self.symbol,
-                            BookState.RESYNCING,
-                            SNAPSHOT_REPLACED,
-                            ev.last_update_id,
-                            ev.recv_time,
-                        )
-                    )
+                self._on_steps(sync.on_snapshot(ev), ev.recv_time, out)
             elif type(ev) is ResyncRequest:
-                self._on_steps((self.sync.reset(ev.reason),), ev.recv_time, out)
+                self._on_steps((sync.reset(ev.reason),), ev.recv_time, out)
             elif type(ev) in (FrameError, Ignored):
                 self.counts[type(ev).__name__] += 1
             else:
@@ -99,43 +104,107 @@ class SymbolState:
         self.counts["trade"] += 1
         out.append(ev)
 
-    def _on_steps(self, steps: Iterable[Step], recv_time: float, out: list[OutputEvent]) -> None:
-        changed = False
+    def _on_steps(
+        self,
+        steps: Iterable[Step],
+        recv_time: float,
+        out: list[OutputEvent],
+        changed: bool = False,
+    ) -> None:
+        """Count ``steps``, say what changed, and publish once after them if the top changed."""
+        symbol = self.symbol
         for step in steps:
             outcome = step.outcome
             self.counts[outcome.value] += 1
-            if outcome is Outcome.APPLIED:
+            if outcome is Outcome.APPLIED or outcome is Outcome.SYNCED:
                 changed = True
-            elif outcome is Outcome.SYNCED:
-                changed = True
-                logger.info("%s: book synced at u=%d", self.symbol, step.update_id)
-                out.append(
-                    BookStatus(self.symbol, BookState.SYNCED, "synced", step.update_id, recv_time)
-                )
+            elif outcome is Outcome.SNAPSHOT_MERGED:
+                changed = changed or not self.published  # it may have widened the window
+            elif outcome is Outcome.AUDIT_MISMATCH:
+                changed = True  # the book took the exchange's levels: publish them
+                n = self._seen.note("audit")
+                if n is not None:
+                    logger.warning("%s: audit mismatch (#%d): %s", symbol, n, step.reason)
+                if self.published:
+                    self.published = False
+                    out.append(
+                        BookStatus(
+                            symbol,
+                            BookState.RESYNCING,
+                            step.reason,
+                            step.update_id,
+                            recv_time,
+                            StatusCause.AUDIT,
+                        )
+                    )
             elif outcome is Outcome.GAP:
                 changed = False  # whatever was applied before the gap is gone with the book
-                logger.warning("%s: resyncing: %s", self.symbol, step.reason)
+                self.published = False
+                self.unknown = None
+                logger.warning("%s: resyncing: %s", symbol, step.reason)
+                out.append(
+                    BookStatus(symbol, BookState.RESYNCING, step.reason, step.update_id, recv_time)
+                )
+        if changed and self.sync.synced:
+            self._publish(recv_time, out)
+
+    def _publish(self, recv_time: float, out: list[OutputEvent]) -> None:
+        """Emit the view of the live book, or say once why it cannot be published."""
+        sync = self.sync
+        top = sync.book.exact_top(self.depth)
+        last = sync.last_applied
+        update_id = sync.last_update_id
+        if isinstance(top, str):
+            if self.published or self.unknown is None:
+                self.published = False
+                self.unknown, self.unknown_since = top, recv_time
+                self.counts["window_miss"] += 1
+                n = self._seen.note("window")
+                if n is not None:
+                    logger.info("%s: not published (#%d): %s", self.symbol, n, top)
                 out.append(
                     BookStatus(
-                        self.symbol, BookState.RESYNCING, step.reason, step.update_id, recv_time
+                        self.symbol,
+                        BookState.RESYNCING,
+                        top,
+                        update_id,
+                        recv_time,
+                        StatusCause.WINDOW,
                     )
                 )
-        sync = self.sync
-        if changed and sync.synced:
-            out.append(self.view())
+            return
+        if last is None or update_id is None:  # pragma: no cover - synced implies both
+            raise RuntimeError(f"{self.symbol}: a synced book with no applied update")
+        if not self.published:
+            self.published = True
+            cause = StatusCause.SEQUENCE
+            if self.unknown is None:
+                logger.info("%s: book synced at u=%d", self.symbol, update_id)
+            else:
+                cause = StatusCause.WINDOW
+            self.unknown = None
+            out.append(
+                BookStatus(self.symbol, BookState.SYNCED, "synced", update_id, recv_time, cause)
+            )
+        bids, asks = top
+        out.append(
+            BookUpdate(
+                self.symbol,
+                bids,
+                asks,
+                update_id,
+                last.event_time_ms,
+                last.recv_time,
+                last.recv_ns,
+            )
+        )
 
     def view(self) -> BookUpdate:
-        """The top-N view of the synced book, tagged with the delta that produced it."""
-        sync, book = self.sync, self.sync.book
-        last = sync.last_applied
-        if not sync.synced or last is None or sync.last_update_id is None:
+        """The top-N view of the published book, tagged with the delta that produced it."""
+        if not self.published:
             raise RuntimeError(f"{self.symbol}: no synced book to view")
-        return BookUpdate(
-            self.symbol,
-            book.top_bids(self.depth),
-            book.top_asks(self.depth),
-            sync.last_update_id,
-            last.event_time_ms,
-            last.recv_time,
-            last.recv_ns,
-        )
+        out: list[OutputEvent] = []
+        self._publish(0.0, out)
+        view = out[-1]
+        assert type(view) is BookUpdate
+        return view

@@ -10,6 +10,16 @@ Every call returns what happened as values (:class:`Step`); nothing here raises 
 behaviour. On a gap the book is dropped and nothing may be published until a new snapshot syncs it.
 Events whose ``u`` is at or below the last applied ``u`` describe a state the book already has
 (duplicated frames around a reconnect); they are dropped rather than treated as gaps.
+
+**Snapshots of a live book are merged, not applied.** A snapshot (a REST answer or a partial depth
+frame) that reaches a live book is the exchange's book at its ``lastUpdateId`` L. The book keeps
+the updates it applied recently (:data:`HISTORY_EVENTS`, :data:`HISTORY_S`), so whether L is
+behind the book or ahead of it (then the snapshot waits until the book reaches L), the book knows
+which prices changed after L: everywhere else inside the snapshot's window the snapshot's
+quantity is today's, so the book takes it (:meth:`OrderBook.overlay`). That widens the book's
+exact window and checks it: a quantity that differs where the book claimed to know it is an
+audit mismatch (the book was wrong), reported as a step, after which the book keeps only what
+the snapshot vouches for.
 """
 
 from __future__ import annotations
@@ -23,6 +33,14 @@ from operators.book import DEFAULT_MAX_LEVELS, OrderBook
 
 DEFAULT_MAX_BUFFER = 10_000
 """Deltas kept while waiting for a snapshot; the oldest are dropped past this."""
+HISTORY_EVENTS = 1_000
+"""Applied updates a live book remembers at most, to merge snapshots older than itself."""
+HISTORY_S = 15.0
+"""...and only those received in the last this many seconds (a REST answer older than that is
+not merged; it would be ignored and asked for again). Bounded by time so that a whole market of
+quiet symbols does not keep a thousand updates each."""
+MAX_HELD = 4
+"""Snapshots ahead of the book kept until it catches up with them (the newest win)."""
 
 
 class Outcome(StrEnum):
@@ -35,7 +53,10 @@ class Outcome(StrEnum):
     APPLIED = "applied"
     GAP = "gap"  # sequence broken (or impossible state): the book needs a new snapshot
     SNAPSHOT_APPLIED = "snapshot_applied"
-    SNAPSHOT_IGNORED = "snapshot_ignored"  # not newer than the live book
+    SNAPSHOT_IGNORED = "snapshot_ignored"  # of no use to the book (the reason says why)
+    SNAPSHOT_HELD = "snapshot_held"  # ahead of the live book: merged once the book reaches it
+    SNAPSHOT_MERGED = "snapshot_merged"  # merged into the live book, which agreed with it
+    AUDIT_MISMATCH = "audit_mismatch"  # merged, and the live book disagreed with it
     BUFFER_OVERFLOW = "buffer_overflow"  # oldest buffered delta dropped
 
 
@@ -77,17 +98,36 @@ def break_reason(market: Market, first: int, prev_final: int | None, last: int) 
     return f"U={first} does not follow the previous u={last}"
 
 
+def too_short(snap: DepthSnapshot, need: int) -> str:
+    """Why ``snap`` cannot start a book that publishes ``need`` levels a side ("" when it can)."""
+    floor, ceiling = snap.window()
+    for name, side, bound in (("bids", snap.bids, floor), ("asks", snap.asks, ceiling)):
+        # A side the snapshot holds whole (bound None) is enough, however short.
+        if len(side) < need and bound is not None:
+            return f"holds {len(side)} {name}, fewer than the {need} the book publishes"
+    return ""
+
+
 class BookSync:
-    """Keeps one symbol's :class:`OrderBook` in sync with the exchange, by Binance's rules."""
+    """Keeps one symbol's :class:`OrderBook` in sync with the exchange, by Binance's rules.
+
+    ``min_levels`` is how many levels a side the book publishes: a snapshot that holds fewer on
+    a side where the exchange has more (a ``@depth5`` frame for a book of 20) cannot start a
+    book, though it can still be merged into a live one.
+    """
 
     __slots__ = (
+        "base",
         "book",
         "buffer",
         "crossed_snapshots",
+        "held",
+        "history",
         "last_applied",
         "last_update_id",
         "market",
         "max_buffer",
+        "min_levels",
         "state",
     )
 
@@ -96,24 +136,31 @@ class BookSync:
         market: Market = Market.FUTURES,
         max_levels: int = DEFAULT_MAX_LEVELS,
         max_buffer: int = DEFAULT_MAX_BUFFER,
+        min_levels: int = 1,
     ) -> None:
         self.market = Market(market)
         self.book = OrderBook(max_levels)
         self.max_buffer = max_buffer
+        self.min_levels = min_levels
         self.buffer: deque[DepthDelta] = deque()
         self.state = BookState.AWAITING_SNAPSHOT
         # The snapshot's lastUpdateId while waiting for the first event, then the last applied u.
         self.last_update_id: int | None = None
         self.crossed_snapshots = 0
         self.last_applied: DepthDelta | None = None  # the delta that brought the book to its state
+        # The updates applied since ``base`` (a snapshot's id, or the u of the last forgotten
+        # update): a snapshot at or after ``base`` can be merged (see the module docstring).
+        self.history: deque[DepthDelta] = deque()
+        self.base: int | None = None
+        self.held: list[DepthSnapshot] = []  # snapshots ahead of the live book, oldest first
 
     @property
     def synced(self) -> bool:
-        """True when the book reflects the exchange and may be published."""
+        """True when the book follows the exchange's stream (see :meth:`OrderBook.exact_top`)."""
         return self.state is BookState.SYNCED
 
     def on_delta(self, ev: DepthDelta) -> Step:
-        """Handle one depth update."""
+        """Handle one depth update; then call :meth:`settle` if snapshots are ``held``."""
         if self.last_update_id is None:  # no snapshot yet (or dropped after a gap)
             return self._buffer(ev)
         if self.state is BookState.SYNCED:
@@ -121,16 +168,24 @@ class BookSync:
         return self._first_after_snapshot(ev, self.last_update_id)
 
     def on_snapshot(self, snap: DepthSnapshot) -> list[Step]:
-        """Apply a REST snapshot, then the buffered deltas it can be joined with."""
+        """Start the book from a snapshot, or merge it into the live book."""
         lid = snap.last_update_id
+        if self.state is BookState.SYNCED:
+            return self._merge_or_hold(snap)
+        short = too_short(snap, self.min_levels)
+        if short:
+            return [Step(Outcome.SNAPSHOT_IGNORED, lid, short)]
         if self.last_update_id is not None and lid <= self.last_update_id:
-            state = "live book" if self.synced else "pending snapshot"
-            reason = f"lastUpdateId={lid} is not newer than the {state} at {self.last_update_id}"
+            reason = (
+                f"lastUpdateId={lid} is not newer than the pending snapshot at "
+                f"{self.last_update_id}"
+            )
             return [Step(Outcome.SNAPSHOT_IGNORED, lid, reason)]
-        self.book.replace(snap.bids, snap.asks)
-        self.last_update_id = lid
-        if self.state is BookState.SYNCED:  # a newer snapshot replaces a live book
-            self.state = BookState.RESYNCING
+        floor, ceiling = snap.window()
+        self.book.replace(snap.bids, snap.asks, floor, ceiling)
+        self.last_update_id = self.base = lid
+        self.history.clear()
+        self.held.clear()
         steps = [Step(Outcome.SNAPSHOT_APPLIED, lid)]
         if self.book.is_crossed():
             # The exchange's own snapshot is the truth; count it, do not loop on resyncs.
@@ -142,11 +197,73 @@ class BookSync:
             if self.last_update_id is None:  # gap: keep the rest for the next snapshot
                 self.buffer.extend(pending)
                 break
+        if self.held:
+            steps.extend(self.settle())
         return steps
+
+    def settle(self) -> list[Step]:
+        """Use the held snapshots after :meth:`on_delta` (a no-op when none are held).
+
+        A live book merges those it has reached; a book dropped by a gap starts again from the
+        newest one (the buffered event that broke the chain may straddle it).
+        """
+        held = self.held
+        if not held:
+            return []
+        if self.synced:
+            steps = []
+            last = self.last_update_id
+            while held and last is not None and held[0].last_update_id <= last:
+                steps.append(self._merge(held.pop(0)))
+            return steps
+        if self.last_update_id is None:
+            newest = held.pop()
+            held.clear()
+            return self.on_snapshot(newest)
+        return []
 
     def reset(self, reason: str) -> Step:
         """Drop the book and wait for a new snapshot (the source asked for a resync)."""
         return self._gap(None, reason)
+
+    def _merge_or_hold(self, snap: DepthSnapshot) -> list[Step]:
+        lid, last, base = snap.last_update_id, self.last_update_id, self.base
+        if last is not None and lid > last:
+            held = self.held
+            held.append(snap)
+            held.sort(key=lambda s: s.last_update_id)
+            del held[:-MAX_HELD]
+            return [Step(Outcome.SNAPSHOT_HELD, lid)]
+        if base is None or lid < base:
+            reason = (
+                f"lastUpdateId={lid} is older than the updates the live book remembers "
+                f"(from {base})"
+            )
+            return [Step(Outcome.SNAPSHOT_IGNORED, lid, reason)]
+        return [self._merge(snap)]
+
+    def _merge(self, snap: DepthSnapshot) -> Step:
+        lid = snap.last_update_id
+        newer_bids: set[int] = set()
+        newer_asks: set[int] = set()
+        for ev in reversed(self.history):
+            if ev.final_update_id <= lid:
+                break
+            newer_bids.update([level[0] for level in ev.bids])
+            newer_asks.update([level[0] for level in ev.asks])
+        floor, ceiling = snap.window()
+        book = self.book
+        differed = book.overlay(snap.bids, snap.asks, floor, ceiling, newer_bids, newer_asks)
+        if not differed:
+            return Step(Outcome.SNAPSHOT_MERGED, lid)
+        # The book was wrong somewhere it claimed to know: keep only what the snapshot vouches
+        # for (and what newer updates set inside it).
+        book.restrict(floor, ceiling)
+        return Step(
+            Outcome.AUDIT_MISMATCH,
+            lid,
+            f"{differed} levels differed from the exchange's snapshot at lastUpdateId={lid}",
+        )
 
     def _buffer(self, ev: DepthDelta) -> Step:
         self.buffer.append(ev)
@@ -185,6 +302,10 @@ class BookSync:
         book.apply(ev.bids, ev.asks)
         self.last_update_id = ev.final_update_id
         self.last_applied = ev
+        history = self.history
+        history.append(ev)
+        if len(history) > HISTORY_EVENTS or history[0].recv_time < ev.recv_time - HISTORY_S:
+            self.base = history.popleft().final_update_id
         if book.is_crossed():
             bid, ask = book.best_bid(), book.best_ask()
             return self._gap(
@@ -197,7 +318,8 @@ class BookSync:
     def _gap(self, ev: DepthDelta | None, reason: str) -> Step:
         update_id = ev.final_update_id if ev is not None else (self.last_update_id or 0)
         self.book.clear()
-        self.last_update_id = None
+        self.last_update_id = self.base = None
+        self.history.clear()  # the held snapshots stay: the newest may start the next book
         self.state = BookState.RESYNCING
         self.buffer.clear()
         if ev is not None:

@@ -15,6 +15,7 @@ symbol's next live trades, which wait meanwhile (:mod:`sources.backfill`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -40,9 +41,16 @@ from market_data.events import (
     SourceEvent,
     Trade,
 )
-from market_data.options import BinanceFuturesOptions, BinanceOptions, BinanceSpotOptions
+from market_data.options import (
+    BinanceFuturesOptions,
+    BinanceOptions,
+    BinanceSpotOptions,
+    OrderBookOptions,
+)
 from market_data.placement import partition_names, place_symbols, worker_of_partition
+from market_data.runtime import BookWants, PipelineRuntime
 from market_data.shutdown import stop_requested
+from operators.sync import too_short
 from sources.backfill import Page, Step, TradeGate
 from sources.connection import (
     ConnectionSettings,
@@ -52,10 +60,16 @@ from sources.connection import (
     WsConnection,
 )
 from sources.parse import parse_frame
-from sources.policy import ConnectionPlan, plan_connections, trade_stream
+from sources.policy import (
+    PARTIAL_LEVELS,
+    ConnectionPlan,
+    default_weight_budget,
+    plan_connections,
+    trade_stream,
+)
 from sources.recording import RecordingWriter
 from sources.snapshots import SnapshotFetcher, shared_budget
-from sources.tracker import SequenceTracker
+from sources.tracker import Phase, SequenceTracker
 from sources.trade_fetcher import TradeFetcher
 
 logger = logging.getLogger(__name__)
@@ -69,6 +83,18 @@ needed: at 10,000 updates/s on 2 cores, p99 1.23-1.44 ms spinning against 0.86-1
 (``benchmarks.run --cases e2e``). Snapshots and connection events, which come from other threads,
 wait at most this long."""
 _FRAME, _CONN, _SNAPSHOT, _PAGE = 0, 1, 2, 3
+WANT_DELAY_S = 0.5
+"""Without partial depth frames: how long a book the operator says is unpublished waits before
+its REST snapshot is asked for (a sequence break's snapshot, asked at once by the tracker, is
+usually in by then)."""
+REFRESH_MAX_S = 30.0
+"""The longest wait between two snapshots asked for a book that stays unpublished."""
+
+
+def partial_grace_s(speed_ms: int) -> float:
+    """How long a book waits for a partial depth frame to start it before asking REST."""
+    return max(1.0, 4 * speed_ms / 1000)
+
 
 _recorders: dict[str, RecordingWriter] = {}
 _recorders_lock = threading.Lock()
@@ -89,11 +115,29 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
     """A group of symbols: its connections, snapshot fetcher and per-symbol trackers."""
 
     def __init__(
-        self, options: BinanceOptions, market: Market, symbols: list[str], name: str = ""
+        self,
+        options: BinanceOptions,
+        market: Market,
+        symbols: list[str],
+        name: str = "",
+        depth: int = 20,
+        wants: BookWants | None = None,
     ) -> None:
         self.options = options
         self.market = market
         self.symbols = symbols
+        # Whether a partial depth frame can start a book that publishes ``depth`` levels: then
+        # a book that needs a snapshot waits for the next one (within ``_grace_s``) instead of
+        # asking REST, whose weight is the limit on how many books start or resync a minute.
+        self._partial_seeds = options.partial_depth and depth <= PARTIAL_LEVELS
+        self._depth = depth
+        self._grace_s = partial_grace_s(options.depth_speed_ms) if self._partial_seeds else 0.0
+        self._wants = wants
+        self._wants_version = -1
+        self._wants_seen: dict[str, float] = {}  # symbol -> since, of the wants acted on
+        self._asked: dict[str, int] = {}  # symbol -> snapshots asked for its want so far
+        self._due: dict[str, tuple[float, str]] = {}  # symbol -> (monotonic time, reason)
+        self._next_due = math.inf
         self._queue: deque[tuple[Any, ...]] = deque()  # appended by threads, drained here
         # What is left in the queue after a batch: grows when the flow falls behind the feed.
         self._backlog = metrics.SOURCE_BACKLOG.labels(name or ",".join(symbols[:3]))
@@ -104,12 +148,23 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             options.reconnect_delay_ms,
             max(options.max_reconnect_delay_ms, options.reconnect_delay_ms),
         )
+        ip_limit = options.exchange_weight_limit or (2400 if market is Market.FUTURES else 6000)
         budget, lock = shared_budget(
             options.rest_url,
-            options.snapshot_weight_budget,
+            options.snapshot_weight_budget
+            or default_weight_budget(ip_limit, detect().processes_on_host),
             options.snapshot_window_s,
-            options.exchange_weight_limit or (2400 if market is Market.FUTURES else 6000),
+            ip_limit,
         )
+        self.trade_fetcher: TradeFetcher | None = None
+        if options.trade_backfill:
+            self.trade_fetcher = TradeFetcher(
+                options.rest_url,
+                market,
+                budget,
+                lock,
+                lambda page: self._queue.append((_PAGE, page)),
+            )
         self.fetcher = SnapshotFetcher(
             options.rest_url,
             market,
@@ -119,6 +174,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             ExponentialBackoff(0.25, max(backoff.max_s, 0.25)),
             lambda ev: self._queue.append((_SNAPSHOT, ev)),
             self._recorder,
+            defer=self.trade_fetcher.due if self.trade_fetcher is not None else None,
         )
         settings = ConnectionSettings(
             backoff=backoff,
@@ -131,12 +187,12 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             symbols,
             options.depth_speed_ms,
             options.max_streams_per_connection,
+            partial=options.partial_depth,
         )
         rng = random.Random()
         # Trade backfill: a gate per symbol, and which symbols' trades each connection carries.
         self._gates: dict[str, TradeGate] = {}
         self._filling: dict[str, TradeGate] = {}  # gates holding trades, for their deadline
-        self.trade_fetcher: TradeFetcher | None = None
         if options.trade_backfill:
             self._gates = {
                 s: TradeGate(
@@ -144,14 +200,6 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 )
                 for s in symbols
             }
-            self.trade_fetcher = TradeFetcher(
-                options.rest_url,
-                market,
-                budget,
-                lock,
-                lambda page: self._queue.append((_PAGE, page)),
-                defer=lambda: self.fetcher.due() > 0,  # books first
-            )
         self._trade_symbols = {
             plan: tuple(s for s in plan.symbols if trade_stream(s) in plan.streams)
             for plan in self.plans
@@ -192,6 +240,11 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         gates = self._gates
         if self._filling:
             self._expire_backfills(out)
+        wants = self._wants
+        if wants is not None and wants.version != self._wants_version:
+            self._on_wants(wants)
+        if self._due and time.monotonic() >= self._next_due:
+            self._run_due()
         if len(queue) < SOURCE_BATCH:
             self.reader.poll()  # the sockets, read here: what is not read waits in the kernel
             if not queue and not out and not self._poll:  # low latency: wait, do not spin
@@ -209,7 +262,15 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                     if tracker.on_delta(
                         ev.first_update_id, ev.final_update_id, ev.prev_final_update_id
                     ):
-                        self.fetcher.request(ev.symbol, tracker.reason)
+                        self._need(ev.symbol, tracker.reason)
+                elif type(ev) is DepthSnapshot:  # a partial depth frame: the top at its u
+                    tracker = trackers.get(ev.symbol)
+                    if tracker is None:
+                        continue
+                    if tracker.phase is not Phase.LIVE and tracker.on_snapshot(
+                        ev.last_update_id, not too_short(ev, self._depth)
+                    ):
+                        self._need(ev.symbol, tracker.reason)
                 elif type(ev) is Trade and gates:
                     gate = gates.get(ev.symbol)
                     if gate is not None:
@@ -222,9 +283,9 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 ev = item[1]
                 if type(ev) is DepthSnapshot:
                     tracker = trackers[ev.symbol]
-                    if tracker.on_snapshot(ev.last_update_id):
+                    if tracker.on_snapshot(ev.last_update_id, not too_short(ev, self._depth)):
                         # Binance's REST snapshot can lag its stream; ask again shortly.
-                        self.fetcher.request(ev.symbol, tracker.reason, delay_s=0.25)
+                        self._need(ev.symbol, tracker.reason, delay_s=0.25)
                 out.append(ev)
             elif kind == _PAGE:
                 page: Page = item[1]
@@ -258,7 +319,7 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             # connection needs a new snapshot.
             for symbol in depth_symbols:
                 self._trackers[symbol].reset("connected")
-                self.fetcher.request(symbol, "connected")
+                self._need(symbol, "connected")
             # Trades were missed too: fetch them before the symbol's next live trades go on.
             now = time.monotonic()
             for symbol in self._trade_symbols[plan]:
@@ -270,6 +331,68 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
             for symbol in plan.symbols:
                 metrics.WEBSOCKET_CONNECTED.labels(symbol).set(0)
                 metrics.WEBSOCKET_DISCONNECTS.labels(symbol).inc()
+
+    def _need(self, symbol: str, reason: str, delay_s: float = 0.0) -> None:
+        """The tracker says ``symbol`` needs a snapshot: the next partial frame, or REST.
+
+        With partial depth frames that can start the book, REST is asked only if none has
+        started it within ``_grace_s`` (:meth:`_run_due` checks the tracker then).
+        """
+        if self._partial_seeds:
+            self._schedule(symbol, f"{reason} (no partial depth frame joined)", self._grace_s)
+        else:
+            self.fetcher.request(symbol, reason, delay_s)
+
+    def _schedule(self, symbol: str, reason: str, delay_s: float) -> None:
+        at = time.monotonic() + delay_s
+        current = self._due.get(symbol)
+        if current is None or at < current[0]:
+            self._due[symbol] = (at, reason)
+            self._next_due = min(self._next_due, at)
+
+    def _on_wants(self, wants: BookWants) -> None:
+        """Books of ours that the operator says are not published: ask for snapshots."""
+        self._wants_version = wants.version
+        mine = wants.of(self.symbols)
+        seen = self._wants_seen
+        for symbol in [s for s in seen if s not in mine]:  # published again
+            del seen[symbol]
+            self._asked.pop(symbol, None)
+        for symbol, want in mine.items():
+            if seen.get(symbol) != want.since:
+                seen[symbol] = want.since
+                # The tracker asks for sequence breaks it sees; this covers the rest (a top past
+                # the exact window, a crossed book) and anything that outlasts the grace.
+                delay = self._want_delay_s(want.window)
+                self._schedule(symbol, f"not published: {want.reason}", delay)
+
+    def _want_delay_s(self, window: bool) -> float:
+        """How long a book the operator says waits goes on waiting before REST is asked.
+
+        With partial depth frames that can restart it, the next one will (a grace); without,
+        a book whose top left its window asks at once, any other after :data:`WANT_DELAY_S`
+        (the tracker has asked for the snapshot of a sequence break already).
+        """
+        if self._partial_seeds:
+            return self._grace_s
+        return 0.0 if window else WANT_DELAY_S
+
+    def _run_due(self) -> None:
+        now = time.monotonic()
+        wants = self._wants
+        self._next_due = math.inf
+        for symbol, (at, reason) in list(self._due.items()):
+            if at > now:
+                self._next_due = min(self._next_due, at)
+                continue
+            del self._due[symbol]
+            waiting = wants.get(symbol) if wants is not None else None
+            if self._trackers[symbol].phase is Phase.WANT_SNAPSHOT or waiting is not None:
+                self.fetcher.request(symbol, reason)
+                if waiting is not None:  # ask again, backing off, while it stays unpublished
+                    n = self._asked[symbol] = self._asked.get(symbol, 0) + 1
+                    delay = min(REFRESH_MAX_S, self._want_delay_s(False) + 2.0**n)
+                    self._schedule(symbol, reason, delay)
 
     def _act(self, gate: TradeGate, step: Step, out: list[SourceEvent]) -> None:
         """Carry out what a trade gate decided: emit, request a page, report how it ended."""
@@ -356,10 +479,19 @@ class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
     kept there (see :func:`market_data.placement.place_symbols`).
     """
 
-    def __init__(self, options: BinanceOptions, market: Market, workers: int = 1) -> None:
+    def __init__(
+        self,
+        options: BinanceOptions,
+        market: Market,
+        workers: int = 1,
+        depth: int = 20,
+        wants: BookWants | None = None,
+    ) -> None:
         self.options = options
         self.market = market
         self.workers = workers
+        self.depth = depth  # levels a side the books publish (a partial frame may start them)
+        self.wants = wants
         self.groups = place_symbols(list(options.symbols), workers, options.partitions)
         self.names = partition_names(options.type, len(self.groups))
 
@@ -384,16 +516,21 @@ class BinanceSource(FixedPartitionedSource[SourceEvent, None]):
             step_id, for_part, worker, self.workers, len(group),
             ", ".join(group[:10]) + (" ..." * (len(group) > 10)),
         )  # fmt: skip
-        return _BinancePartition(self.options, self.market, group, for_part)
+        return _BinancePartition(self.options, self.market, group, for_part, self.depth, self.wants)
 
 
-def build_source(options: BinanceOptions, pipeline: PipelineConfig) -> BinanceSource:
+def build_source(
+    options: BinanceOptions, pipeline: PipelineConfig, runtime: PipelineRuntime | None = None
+) -> BinanceSource:
     """Registry builder for ``binance_futures`` and ``binance_spot``."""
     workers = detect().worker_count  # the books' placement follows it
+    depths = [o.depth for o in pipeline.operators if isinstance(o, OrderBookOptions)]
+    depth = max(depths, default=20)
+    wants = runtime.wants if runtime is not None else None
     if isinstance(options, BinanceFuturesOptions):
-        return BinanceSource(options, Market.FUTURES, workers)
+        return BinanceSource(options, Market.FUTURES, workers, depth, wants)
     if isinstance(options, BinanceSpotOptions):
-        return BinanceSource(options, Market.SPOT, workers)
+        return BinanceSource(options, Market.SPOT, workers, depth, wants)
     raise TypeError(f"expected Binance futures or spot options; got {type(options).__name__}")
 
 

@@ -9,6 +9,15 @@ A USD-M Futures depth frame as received on ``/public/stream`` (combined-stream e
      "T":1626992741024,"s":"SUSHIUSDT","U":600859599090,"u":600859600917,"pu":600859598061,
      "b":[["7.5040","813"],["7.6090","0"],["7.6110","2"]],"a":[["7.6150","1563"]]}}
 
+A partial depth frame (``<symbol>@depth20@100ms``) looks like a depth update on USD-M Futures,
+but its levels are the top of the book at ``u``, not changes; only the stream name tells them
+apart. On spot it is ``{"lastUpdateId":..,"bids":[..],"asks":[..]}``. Both become a
+:class:`DepthSnapshot` (``from_stream``, ``limit`` the stream's levels)::
+
+    {"stream":"btcusdt@depth20@100ms","data":{"e":"depthUpdate","E":1571889248277,
+     "T":1571889248276,"s":"BTCUSDT","U":390497796,"u":390497878,"pu":390497794,
+     "b":[["7403.89","0.002"],...],"a":[["7405.96","3.340"],...]}}
+
 An aggTrade frame::
 
     {"stream":"sushiusdt@aggTrade","data":{"e":"aggTrade","E":1626992741173,"a":93287425,
@@ -217,6 +226,53 @@ def _check_depth_fields(data: dict[str, Any]) -> NoReturn:
     raise AssertionError("called for a depth event with valid fields")  # pragma: no cover
 
 
+def partial_levels(stream: str) -> int:
+    """The levels of a partial depth stream name (``btcusdt@depth20@100ms`` -> 20); 0 if not one.
+
+    Diff. depth streams (``@depth``, ``@depth@100ms``) have no number after ``@depth``.
+    """
+    at = stream.find("@depth")
+    if at < 0:
+        return 0
+    digits = stream[at + 6 : at + 8]
+    if not digits[:1].isdigit():
+        return 0
+    return int(digits) if digits.isdigit() else int(digits[:1])
+
+
+def parse_partial(
+    data: dict[str, Any], levels: int, symbol: str, recv_time: float, recv_ns: int = 0
+) -> DepthSnapshot:
+    """Build a :class:`DepthSnapshot` from a partial depth frame of ``levels`` levels a side.
+
+    USD-M Futures frames carry ``u`` (the update the book is at) and ``s``; spot frames carry
+    ``lastUpdateId`` and no symbol, which the stream name gives (``symbol``).
+    """
+    if "lastUpdateId" in data:
+        return DepthSnapshot(
+            symbol,
+            _int(data, "lastUpdateId"),
+            _levels(data.get("bids"), "bids"),
+            _levels(data.get("asks"), "asks"),
+            recv_time,
+            None,
+            recv_ns,
+            levels,
+            True,
+        )
+    return DepthSnapshot(
+        _str(data, "s"),
+        _int(data, "u"),
+        _levels(data.get("b"), "bids"),
+        _levels(data.get("a"), "asks"),
+        recv_time,
+        _int(data, "E"),
+        recv_ns,
+        levels,
+        True,
+    )
+
+
 def parse_agg_trade(data: dict[str, Any], recv_time: float, recv_ns: int = 0) -> Trade:
     """Build a :class:`Trade` from the ``data`` object of an ``aggTrade`` event."""
     maker = data.get("m")
@@ -257,6 +313,12 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
     kind = data.get("e")
     try:
         if kind == "depthUpdate":
+            stream = msg.get("stream")  # None for a bare frame: a diff. depth stream
+            if type(stream) is not str or "@depth@" in stream or stream.endswith("@depth"):
+                return parse_depth(data, recv_time, recv_ns)  # the common case, tested first
+            levels = partial_levels(stream)
+            if levels:
+                return parse_partial(data, levels, "", recv_time, recv_ns)
             return parse_depth(data, recv_time, recv_ns)
         if kind == "aggTrade":
             return parse_agg_trade(data, recv_time, recv_ns)
@@ -278,6 +340,15 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
         stream = msg.get("stream")
         if isinstance(stream, str) and "@" in stream:
             # Some streams (spot bookTicker, partial depth) carry no 'e'; the stream name says.
+            levels = partial_levels(stream)
+            if levels and "lastUpdateId" in data:
+                symbol = stream.split("@", 1)[0].upper()
+                try:
+                    return parse_partial(data, levels, symbol, recv_time, recv_ns)
+                except ParseError as exc:
+                    return FrameError(
+                        f"partialDepth: {exc}", _excerpt(frame), symbol, recv_time=recv_time
+                    )
             name = stream.split("@", 1)[1]
             base = name.split("@", 1)[0].rstrip("0123456789")
             kind_of = "bookTicker" if base == "bookTicker" else f"unknown:{base}"
@@ -295,12 +366,14 @@ def parse_frame(frame: str | bytes, recv_time: float, recv_ns: int = 0) -> Sourc
 
 
 def parse_snapshot(
-    symbol: str, body: str | bytes, recv_time: float, recv_ns: int = 0
+    symbol: str, body: str | bytes, recv_time: float, recv_ns: int = 0, limit: int | None = None
 ) -> DepthSnapshot | FrameError:
-    """Parse a REST depth snapshot body for ``symbol``.
+    """Parse a REST depth snapshot body for ``symbol``, asked for with ``limit`` levels.
 
     Futures body: ``{"lastUpdateId":600859605926,"E":1626992741264,"T":1626992741261,
     "bids":[["7.6110","6"],...],"asks":[["7.6120","297"],...]}``; spot bodies lack ``E`` and ``T``.
+    ``limit`` (the request's ``limit=``) tells whether a side is whole (see
+    :meth:`DepthSnapshot.window`); without it each side is known down to its deepest level only.
     """
     try:
         data = orjson.loads(body)
@@ -319,6 +392,7 @@ def parse_snapshot(
             recv_time=recv_time,
             event_time_ms=event_time,
             recv_ns=recv_ns,
+            limit=limit,
         )
     except orjson.JSONDecodeError as exc:
         return FrameError(f"snapshot: invalid JSON: {exc}", _excerpt(body), symbol, recv_time)

@@ -34,6 +34,17 @@ def depth_stream(symbol: str, market: Market, speed_ms: int) -> str:
     return f"{symbol.lower()}{suffix}"
 
 
+PARTIAL_LEVELS = 20
+"""Levels a side of the partial depth stream the source listens to (Binance's most: 5, 10, 20)."""
+
+
+def partial_stream(symbol: str, market: Market, speed_ms: int) -> str:
+    """``btcusdt@depth20@100ms``: the top 20 levels, pushed as often as the diff. stream."""
+    default = 250 if market is Market.FUTURES else 1000
+    suffix = "" if speed_ms == default else f"@{speed_ms}ms"
+    return f"{symbol.lower()}@depth{PARTIAL_LEVELS}{suffix}"
+
+
 def trade_stream(symbol: str) -> str:
     """``btcusdt@aggTrade``."""
     return f"{symbol.lower()}@aggTrade"
@@ -45,28 +56,33 @@ def plan_connections(
     symbols: Sequence[str],
     speed_ms: int,
     max_streams: int = MAX_STREAMS_PER_CONNECTION,
+    partial: bool = False,
 ) -> list[ConnectionPlan]:
     """The combined-stream connections needed for depth and aggTrade of ``symbols``.
 
     USD-M Futures routes streams by path since 2026-04-23: depth on ``/public``, aggTrade on
     ``/market`` (the legacy ``/stream`` sends no trades), so it needs at least two connections.
     Spot carries both on ``/stream``. Each connection carries at most ``max_streams`` streams.
+    With ``partial``, each symbol's partial depth stream rides next to its diff. depth stream (on
+    the same connection, so a connection's symbols lose and regain both together).
     """
     base = ws_url.rstrip("/")
+
+    def depth(s: str) -> list[str]:
+        names = [depth_stream(s, market, speed_ms)]
+        return [*names, partial_stream(s, market, speed_ms)] if partial else names
+
     if market is Market.FUTURES:
         routes = [
-            (f"{base}/public/stream", [(s, depth_stream(s, market, speed_ms)) for s in symbols]),
+            (f"{base}/public/stream", [(s, n) for s in symbols for n in depth(s)]),
             (f"{base}/market/stream", [(s, trade_stream(s)) for s in symbols]),
         ]
     else:
-        both = [
-            (s, n) for s in symbols for n in (depth_stream(s, market, speed_ms), trade_stream(s))
-        ]
+        both = [(s, n) for s in symbols for n in (*depth(s), trade_stream(s))]
         routes = [(f"{base}/stream", both)]
     plans = []
     for url, named in routes:
-        for i in range(0, len(named), max_streams):
-            chunk = named[i : i + max_streams]
+        for chunk in _chunks(named, max_streams):
             streams = tuple(n for _, n in chunk)
             plans.append(
                 ConnectionPlan(
@@ -76,6 +92,23 @@ def plan_connections(
                 )
             )
     return plans
+
+
+def _chunks(named: list[tuple[str, str]], most: int) -> list[list[tuple[str, str]]]:
+    """``(symbol, stream)`` pairs in runs of at most ``most``, each symbol's kept together.
+
+    A symbol with more streams than ``most`` is split, as it must be.
+    """
+    chunks: list[list[tuple[str, str]]] = [[]]
+    for i, (symbol, stream) in enumerate(named):
+        chunk = chunks[-1]
+        starts = i == 0 or named[i - 1][0] != symbol
+        group = sum(1 for s, _ in named[i : i + most + 1] if s == symbol) if starts else 0
+        if chunk and (len(chunk) >= most or (starts and len(chunk) + group > most >= group)):
+            chunk = []
+            chunks.append(chunk)
+        chunk.append((symbol, stream))
+    return [c for c in chunks if c]
 
 
 def snapshot_url(rest_url: str, market: Market, symbol: str, limit: int) -> str:
@@ -111,6 +144,22 @@ def jittered_delay(policy: ExponentialBackoff, failures: int, rng: random.Random
     """Capped exponential backoff with full jitter, never below the policy's initial delay."""
     ceiling = policy.compute(max(failures, 1))
     return rng.uniform(policy.initial_s, max(ceiling, policy.initial_s))
+
+
+IP_SHARE = 0.8
+"""The part of the exchange's per-IP weight limit the service's processes use by default; the
+rest is left to other programs on the same IP (whose use the used-weight header shows)."""
+HEADER_GUARD = 0.95
+"""Requests wait for the next minute once the server reports this much of the IP limit used:
+several processes may each have a request on its way when the header is read."""
+
+
+def default_weight_budget(ip_limit: int, processes_on_host: int) -> int:
+    """The weight budget of one process when the config sets none.
+
+    An equal share of :data:`IP_SHARE` of the IP limit among the cluster's processes on this host.
+    """
+    return max(1, int(ip_limit * IP_SHARE) // max(1, processes_on_host))
 
 
 class WeightBudget:
@@ -157,12 +206,17 @@ class WeightBudget:
         """The server said to wait ``seconds`` (``Retry-After``) before any request."""
         self._blocked_until = max(self._blocked_until, now + seconds)
 
-    def observe_used(self, used: int, now: float, next_weight: int = 0) -> None:
+    def observe_used(
+        self, used: int, now: float, next_weight: int = 0, wall: float | None = None
+    ) -> None:
         """The server reports ``used`` weight this minute for the whole IP.
 
-        Only when the next request would pass the exchange's IP limit is every request held
-        until the window moves on: other programs on the same IP may use weight too, but our own
-        budget is about our pacing, not a reason to stop while the exchange still has room.
+        When the next request would bring the IP past :data:`HEADER_GUARD` of the exchange's
+        limit, every request is held until the exchange's window (calendar minutes, by the
+        ``wall`` clock) moves on: other programs and processes on the same IP use weight too,
+        and our own budget is about our pacing, not a reason to stop while the exchange still
+        has room.
         """
-        if used + next_weight > self.ip_limit:
-            self.block(self.window_s - (now % self.window_s), now)
+        if used + next_weight > self.ip_limit * HEADER_GUARD:
+            clock = now if wall is None else wall
+            self.block(self.window_s - (clock % self.window_s) + 0.5, now)

@@ -28,6 +28,7 @@ from market_data.config import PipelineConfig
 from market_data.events import SOURCE_BATCH, FrameError, Ignored, Market, SourceEvent
 from market_data.options import ReplayOptions
 from market_data.placement import partition_names, worker_of_key, worker_of_partition
+from market_data.runtime import PipelineRuntime
 from market_data.shutdown import stop_requested
 from sources.parse import parse_frame, parse_snapshot
 from sources.recording import Record, decode_record, read_lines, read_records
@@ -66,13 +67,16 @@ def events_of(rec: Record, recv_ns: int) -> SourceEvent:
     """Turn one record into the event the live source would have emitted for it."""
     if rec.kind == "ws":
         return parse_frame(rec.frame, rec.t, recv_ns)
-    symbols = parse_qs(urlsplit(rec.url).query).get("symbol")
+    query = parse_qs(urlsplit(rec.url).query)
+    symbols = query.get("symbol")
     if not symbols:
         return Ignored("rest_other")
     symbol = symbols[0].upper()
     if rec.status != 200:
         return FrameError(f"snapshot: HTTP {rec.status}", rec.body[:200], symbol, rec.t)
-    return parse_snapshot(symbol, rec.body, rec.t, recv_ns)
+    limits = query.get("limit") or [""]
+    limit = int(limits[0]) if limits[0].isdigit() else None
+    return parse_snapshot(symbol, rec.body, rec.t, recv_ns, limit)
 
 
 def symbol_of_record(rec: Record) -> str | None:
@@ -311,7 +315,13 @@ class ReplaySource(FixedPartitionedSource[SourceEvent, int]):
         )
 
 
-def build_source(options: ReplayOptions, pipeline: PipelineConfig) -> ReplaySource:
-    """Registry builder for ``type: replay``: partitioned for this cluster's processes."""
+def build_source(
+    options: ReplayOptions, pipeline: PipelineConfig, runtime: PipelineRuntime | None = None
+) -> ReplaySource:
+    """Registry builder for ``type: replay``: partitioned for this cluster's processes.
+
+    A recording cannot fetch snapshots, so the ``runtime``'s wants go unanswered: a book whose
+    top leaves its exact window waits for the next recorded snapshot.
+    """
     topology = detect()
     return ReplaySource(options, topology.worker_count, topology.workers_per_process)

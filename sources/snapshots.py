@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RETRY_AFTER_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
+DEFER_POLL_S = 0.05
 
 _budgets: dict[tuple[str, int, float, int | None], WeightBudget] = {}
 _budgets_lock = threading.Lock()
@@ -73,7 +74,7 @@ def weighted_get(url: str, budget: WeightBudget, lock: threading.Lock, weight: i
         return Answer(exc.code, body, retry_after)
     if used is not None and used.isdigit():
         with lock:
-            budget.observe_used(int(used), time.monotonic(), weight)
+            budget.observe_used(int(used), time.monotonic(), weight, time.time())
     return Answer(status, body)
 
 
@@ -121,6 +122,7 @@ class SnapshotFetcher(RestWorker):
         deliver: SnapshotCallback,
         recorder: RecordingWriter | None = None,
         rng: random.Random | None = None,
+        defer: Callable[[], bool] | None = None,
     ) -> None:
         self.rest_url = rest_url
         self.market = market
@@ -134,6 +136,10 @@ class SnapshotFetcher(RestWorker):
         self._rng = rng or random.Random()
         self._pending: dict[str, float] = {}  # symbol -> not before (monotonic)
         self._failures: dict[str, int] = {}
+        # True while requests must wait: trade backfills are due. A backfill is one request
+        # that bounds how long live trades are held; a book that waits has a partial depth
+        # frame or the next snapshot to come.
+        self._defer = defer
         self.in_flight: str | None = None
         super().__init__("snapshots")
 
@@ -169,7 +175,9 @@ class SnapshotFetcher(RestWorker):
                 symbol, not_before = min(self._pending.items(), key=lambda kv: kv[1])
                 now = time.monotonic()
                 wait = not_before - now
-                if wait <= 0:
+                if wait <= 0 and self._defer is not None and self._defer():
+                    wait = DEFER_POLL_S
+                elif wait <= 0:
                     with self._budget_lock:
                         wait = self._budget.delay(self.weight, now)
                         if wait <= 0:
@@ -215,7 +223,7 @@ class SnapshotFetcher(RestWorker):
         if status >= 400:
             self._fail(symbol, f"HTTP {status}: {body[:200]!r}")
             return
-        event = parse_snapshot(symbol, body, time.time(), time.perf_counter_ns())
+        event = parse_snapshot(symbol, body, time.time(), time.perf_counter_ns(), self.limit)
         if isinstance(event, FrameError):
             self._fail(symbol, event.reason)
             return
@@ -256,7 +264,16 @@ def _retry_after(value: str | None) -> float:
 
 def _reason_label(reason: str) -> str:
     """A bounded label for the resyncs metric."""
-    for label in ("connected", "sequence break", "older than the stream", "retry", "HTTP"):
+    labels = (
+        "no partial depth frame",
+        "not published",
+        "connected",
+        "sequence break",
+        "older than the stream",
+        "retry",
+        "HTTP",
+    )
+    for label in labels:
         if label in reason:
             return label.replace(" ", "_").lower()
     return "other"

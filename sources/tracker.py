@@ -58,9 +58,16 @@ class SequenceTracker:
             return self._want((first, final, prev_final), f"sequence break after u={self.last}")
         return self._join(first, final, prev_final)
 
-    def on_snapshot(self, lid: int) -> bool:
-        """A snapshot at ``lid`` was emitted; True when it is already too old for the stream."""
-        if self.phase is not Phase.WANT_SNAPSHOT and lid <= self.last:
+    def on_snapshot(self, lid: int, seeds: bool = True) -> bool:
+        """A snapshot at ``lid`` was emitted; True when it is already too old for the stream.
+
+        ``seeds`` is False for a snapshot too short to start the book (see
+        :func:`operators.sync.too_short`). A live book merges snapshots without leaving its
+        stream, so they change nothing here.
+        """
+        if self.phase is Phase.LIVE or not seeds:
+            return False
+        if self.phase is Phase.JOINING and lid <= self.last:
             return False  # not newer: the operator ignores it too
         self.phase = Phase.JOINING
         self.last = lid

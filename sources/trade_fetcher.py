@@ -3,12 +3,10 @@
 One page per request, one request per symbol at a time; the answer (trades or an error) goes back
 to the source partition as a :class:`~sources.backfill.Page`, whose gate decides what comes next
 (see :mod:`sources.backfill`). Requests share the snapshots' per-process weight budget, and a 429
-or 418 blocks every request of that budget for its ``Retry-After``. Books come first: while the
-partition has snapshot requests due, backfill requests wait (``defer``), and a backfill request is
-sent only while at most three quarters of the budget are spent in the window (the last quarter,
-:data:`SNAPSHOT_SHARE`, is left to snapshots), so
-when reconnects are frequent enough to exhaust the budget, backfills give up at their deadline
-rather than take the weight the books' snapshots need.
+or 418 blocks every request of that budget for its ``Retry-After``. Backfills come first: a
+backfill is one request (a page of 1,000 trades) that bounds how long the symbol's live trades
+are held, while a book waiting for a snapshot has partial depth frames or the next snapshot to
+come; the snapshot fetcher waits while backfill requests are due (:meth:`TradeFetcher.due`).
 """
 
 from __future__ import annotations
@@ -28,15 +26,6 @@ from sources.snapshots import RestWorker, weighted_get
 logger = logging.getLogger(__name__)
 
 PageCallback = Callable[[Page], None]
-DEFER_POLL_S = 0.05
-SNAPSHOT_SHARE = 0.25
-"""The part of the shared weight budget that backfill requests leave to snapshots.
-
-Half, at first, starved backfills: in the 10-minute soak the snapshots alone used about half
-the budget (31 a minute), and 29 of 28 disconnects' backfills gave up (20 trades never
-received); with a quarter, a 3-minute soak had 9 disconnects, 6 trades backfilled, 0 given up,
-and the same snapshot rate and book recovery (longest without a correct book 2.4 s).
-"""
 
 
 class TradeFetcher(RestWorker):
@@ -49,17 +38,14 @@ class TradeFetcher(RestWorker):
         budget: WeightBudget,
         budget_lock: threading.Lock,
         deliver: PageCallback,
-        defer: Callable[[], bool] | None = None,
     ) -> None:
         self.rest_url = rest_url
         self.market = market
         self.weight = agg_trades_weight(market)
-        share = int(budget.budget * SNAPSHOT_SHARE)
-        self._reserve = max(0, min(share, budget.budget - self.weight))
         self._budget = budget
         self._budget_lock = budget_lock
         self._deliver = deliver
-        self._defer = defer  # True while requests must wait (snapshots due)
+        self._busy = False  # a request is in flight
         self._pending: dict[str, tuple[float, int, int]] = {}  # symbol -> (not before, ep, id)
         super().__init__("trade-backfill")
 
@@ -68,6 +54,12 @@ class TradeFetcher(RestWorker):
         with self._cond:
             self._pending[symbol] = (time.monotonic() + delay_s, episode, from_id)
             self._cond.notify_all()
+
+    def due(self) -> bool:
+        """Whether a request is due now (it waits only for the weight budget, or is in flight)."""
+        now = time.monotonic()
+        with self._cond:
+            return self._busy or any(p[0] <= now for p in self._pending.values())
 
     def cancel(self, symbol: str) -> None:
         """Forget a request of ``symbol`` not yet sent."""
@@ -86,14 +78,13 @@ class TradeFetcher(RestWorker):
                 )
                 now = time.monotonic()
                 wait = not_before - now
-                if wait <= 0 and self._defer is not None and self._defer():
-                    wait = DEFER_POLL_S
-                elif wait <= 0:
+                if wait <= 0:
                     with self._budget_lock:
-                        wait = self._budget.delay(self.weight + self._reserve, now)
+                        wait = self._budget.delay(self.weight, now)
                         if wait <= 0:
                             self._budget.spend(self.weight, now)
                             del self._pending[symbol]
+                            self._busy = True
                             return symbol, episode, from_id
                 self._cond.wait(min(wait, 1.0))
         return None
@@ -109,6 +100,8 @@ class TradeFetcher(RestWorker):
             except Exception as exc:  # a bug here must not end the thread; the gate retries
                 logger.exception("aggTrades fetch for %s failed unexpectedly", symbol)
                 page = Page(symbol, episode, from_id, error=f"internal error: {exc}")
+            finally:
+                self._busy = False
             self._deliver(page)
 
     def _fetch(self, symbol: str, episode: int, from_id: int) -> Page:

@@ -11,6 +11,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 
 from market_data.events import Market, OutputEvent, SourceEvent
 from market_data.options import OrderBookOptions
+from market_data.runtime import PipelineRuntime
 from operators.orderbook import apply
 from sources.recording import Record, read_records
 from sources.replay import events_of
@@ -26,12 +27,19 @@ def recorded_events(path: Path) -> list[SourceEvent]:
 
 
 def run_source(
-    source: Source[SourceEvent], market: Market, workers: int = 1, depth: int = 10
+    source: Source[SourceEvent],
+    market: Market,
+    workers: int = 1,
+    depth: int = 10,
+    runtime: PipelineRuntime | None = None,
 ) -> list[OutputEvent]:
-    """Run ``source`` through the order-book operator with bytewax's testing harness."""
+    """Run ``source`` through the order-book operator with bytewax's testing harness.
+
+    ``runtime`` is the one the source was built with (the operator tells it which books wait).
+    """
     flow = Dataflow("test_books")
     src: Stream[SourceEvent] = op.input("inp", flow, source)
-    out_stream = apply("order_book", src, OrderBookOptions(depth=depth), market)
+    out_stream = apply("order_book", src, OrderBookOptions(depth=depth), market, runtime)
     out: list[OutputEvent] = []
     op.output("out", out_stream, TestingSink(out))
     if workers == 1:

@@ -54,8 +54,13 @@ def write_config(
     shared_dir: Path | None = None,
     partitions: int = 1,
     socket_timeout_s: float = 2.0,
+    partial_depth: bool = True,
 ) -> Path:
-    """A one-pipeline config: the simulator's futures feed into a Redis sink."""
+    """A one-pipeline config: the simulator's futures feed into a Redis sink.
+
+    ``partial_depth=False``: books start and resync from REST snapshots only (slow snapshots
+    then keep a book resyncing long enough to watch).
+    """
     shared = f", shared_dir: {str(shared_dir)!r}" if shared_dir else ""
     path.write_text(
         f"""
@@ -72,6 +77,7 @@ pipelines:
       reconnect_delay_ms: 50
       max_reconnect_delay_ms: 500
       partitions: {partitions}
+      partial_depth: {str(partial_depth).lower()}
       run_for_s: 50
     operators: [{{type: orderbook, depth: 5}}]
     sinks:

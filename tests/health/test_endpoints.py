@@ -81,7 +81,10 @@ def test_one_worker_ready_after_sync_503_during_a_gap_and_back(tmp_path, redis):
 
     with Simulator(SimulatorConfig(symbols=tuple(SYMBOLS[:2]), rate=40, seed=1)) as sim:
         port = free_port()  # after the simulator has taken its own ports
-        config = write_config(tmp_path / "p.yaml", sim, SYMBOLS[:2], port, redis)
+        # REST snapshots only: a slow one keeps a book resyncing long enough to see below.
+        config = write_config(
+            tmp_path / "p.yaml", sim, SYMBOLS[:2], port, redis, partial_depth=False
+        )
         with run_flow(config, [[]], tmp_path) as logs:
             status, body = wait_until(lambda: get(port, "/ready"), ready_ok, 20, "ready", logs)
             assert body["status"] == "ready"

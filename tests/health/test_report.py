@@ -82,7 +82,7 @@ def test_same_symbol_in_two_pipelines_is_judged_per_pipeline():
         {
             "pipeline": "spot",
             "symbol": "BTCUSDT",
-            "reason": "resyncing after gap: U=5 does not follow",
+            "reason": "resyncing: U=5 does not follow",
         }
     ]
     assert body["pipelines"]["fut"]["symbols"]["BTCUSDT"]["ready"] is True
@@ -99,7 +99,7 @@ def test_same_symbol_in_two_pipelines_is_judged_per_pipeline():
             {
                 "pipeline": "fut",
                 "symbol": "ETHUSDT",
-                "reason": "resyncing after gap: pu=3 does not continue the previous u=2",
+                "reason": "resyncing: pu=3 does not continue the previous u=2",
             },
         ),
         (

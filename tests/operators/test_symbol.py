@@ -14,6 +14,7 @@ from market_data.events import (
     Ignored,
     Market,
     ResyncRequest,
+    StatusCause,
     Trade,
 )
 from operators.symbol import SymbolState
@@ -27,8 +28,9 @@ def delta(
     return DepthDelta(SYM, first, final, pu, final * 10, tuple(bids), tuple(asks), t, final * 100)
 
 
-def snapshot(lid: int, bids=(), asks=(), *, t: float = 0.5) -> DepthSnapshot:
-    return DepthSnapshot(SYM, lid, tuple(bids), tuple(asks), t, 1234)
+def snapshot(lid: int, bids=(), asks=(), *, t: float = 0.5, limit: int = 1000) -> DepthSnapshot:
+    """A snapshot that holds the whole book unless ``limit`` says it was cut there."""
+    return DepthSnapshot(SYM, lid, tuple(bids), tuple(asks), t, 1234, limit=limit)
 
 
 def trade(trade_id: int) -> Trade:
@@ -101,7 +103,7 @@ def test_snapshot_joined_with_buffered_deltas_emits_one_status_and_one_view() ->
     assert state.on_events(events) == []
     out = state.on_events([snapshot(14, BIDS, ASKS, t=7.0)])
     assert out == [
-        BookStatus(SYM, BookState.SYNCED, "synced", 15, 7.0),
+        BookStatus(SYM, BookState.SYNCED, "synced", 18, 7.0),
         BookUpdate(SYM, (*BIDS, (92, 1), (91, 1)), tuple(ASKS), 18, 180, 6.0, 1800),
     ]
 
@@ -121,12 +123,12 @@ def test_gap_emits_resyncing_status_and_no_view() -> None:
     assert out[1].last_update_id == 33  # type: ignore[union-attr]
 
 
-def test_sync_then_gap_inside_one_snapshot_emits_both_statuses_and_no_view() -> None:
+def test_sync_then_gap_inside_one_snapshot_emits_the_gap_and_no_view() -> None:
+    # Nothing was published between the join and the gap: consumers hear of the gap only.
     state = SymbolState(SYM, 2)
     state.on_events([delta(10, 12, 9), delta(20, 22, 18)])
     out = state.on_events([snapshot(11, BIDS, ASKS)])
     assert [(o.state, o.last_update_id) for o in out if isinstance(o, BookStatus)] == [
-        (BookState.SYNCED, 12),
         (BookState.RESYNCING, 22),
     ]
     assert not any(isinstance(o, BookUpdate) for o in out)
@@ -139,25 +141,34 @@ def test_crossed_book_is_a_gap() -> None:
     assert out[0].state is BookState.RESYNCING and "crossed" in out[0].reason
 
 
-def test_duplicates_and_ignored_snapshots_emit_nothing() -> None:
+def test_duplicates_and_merged_snapshots_emit_nothing() -> None:
     state = synced_state()
-    assert state.on_events([delta(18, 21, 17), snapshot(21, BIDS, ASKS)]) == []
-    assert state.counts["duplicate"] == 1 and state.counts["snapshot_ignored"] == 1
+    at_21 = snapshot(21, BIDS, ASKS)  # the live book's own state: merged, nothing changes
+    assert state.on_events([delta(18, 21, 17), at_21, snapshot(19, BIDS, ASKS)]) == []
+    assert state.counts["duplicate"] == 1 and state.counts["snapshot_merged"] == 1
+    assert state.counts["snapshot_ignored"] == 1  # older than the book itself
 
 
-def test_newer_snapshot_replacing_a_live_book_publishes_only_after_the_next_sync() -> None:
+def test_a_newer_snapshot_waits_for_the_live_book_and_is_merged_without_a_pause() -> None:
     state = synced_state()
-    out = state.on_events([snapshot(40, [(50, 1)], [(60, 1)])])
-    assert not any(isinstance(o, BookUpdate) for o in out)
-    # The live book stops being published, and readiness hears about it.
-    assert [(o.state, o.reason) for o in out if isinstance(o, BookStatus)] == [
-        (BookState.RESYNCING, "newer snapshot replaced the live book")
+    # The exchange at 40, after the update 22..40 that has not arrived yet.
+    out = state.on_events([snapshot(40, [(100, 1), (99, 7), (98, 3)], ASKS)])
+    assert out == [] and state.counts["snapshot_held"] == 1
+    out = state.on_events([delta(22, 40, 21, [(99, 7)])])
+    assert [type(o) for o in out] == [BookUpdate]  # no status: the book never stopped
+    assert state.counts["snapshot_merged"] == 1 and state.sync.synced
+
+
+def test_a_merge_that_disagrees_resyncs_to_the_exchanges_levels_and_says_so() -> None:
+    state = synced_state()
+    out = state.on_events([snapshot(21, [(100, 1), (99, 5), (98, 3)], ASKS)])
+    assert [(type(o), getattr(o, "cause", None)) for o in out] == [
+        (BookStatus, StatusCause.AUDIT),
+        (BookStatus, StatusCause.SEQUENCE),
+        (BookUpdate, None),
     ]
-    assert state.on_events([delta(22, 39, 21)]) == []  # stale against the new snapshot
-    out = state.on_events([delta(40, 41, 39, [(51, 2)])])
-    update = out[-1]
-    assert isinstance(update, BookUpdate)
-    assert update.bids == ((51, 2), (50, 1)) and update.last_update_id == 41
+    assert "1 levels differed" in out[0].reason  # type: ignore[union-attr]
+    assert out[-1].bids == ((100, 1), (99, 5))  # type: ignore[union-attr]
 
 
 def test_resync_request_resets_the_book() -> None:

@@ -57,7 +57,7 @@ Action = DepthDelta | DepthSnapshot | Reset
 
 def run(sync: BookSync, action: Action) -> list[Outcome]:
     if isinstance(action, DepthDelta):
-        return [sync.on_delta(action).outcome]
+        return [sync.on_delta(action).outcome] + [s.outcome for s in sync.settle()]
     if isinstance(action, DepthSnapshot):
         return [s.outcome for s in sync.on_snapshot(action)]
     return [sync.reset(action.reason).outcome]
@@ -72,6 +72,8 @@ B, ST, DU, SY, AP, GA = (
     Outcome.GAP,
 )
 SA, SI, OV = Outcome.SNAPSHOT_APPLIED, Outcome.SNAPSHOT_IGNORED, Outcome.BUFFER_OVERFLOW
+SH, SM, AM = Outcome.SNAPSHOT_HELD, Outcome.SNAPSHOT_MERGED, Outcome.AUDIT_MISMATCH
+AT_25 = [(SNAP + 20, 1), (25, 1)]  # the bids of the book below at u=25
 AWAIT, LIVE, RESYNC = BookState.AWAITING_SNAPSHOT, BookState.SYNCED, BookState.RESYNCING
 
 # (market, [(action, expected outcomes)], final state, final last_update_id, applied bid prices,
@@ -156,18 +158,22 @@ CASES = [
                  AWAIT, 20, {SNAP + 20}, [], id="f-snapshot-not-newer-than-pending"),
     pytest.param(F, [(snap(20), [SA]), (snap(21), [SA])], AWAIT, 21, {SNAP + 21}, [],
                  id="f-newer-snapshot-replaces-pending"),
-    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (snap(25), [SI]), (snap(22), [SI])],
-                 LIVE, 25, {SNAP + 20, 25}, [], id="f-snapshot-not-newer-than-live"),
-    pytest.param(S, [(snap(20), [SA]), (d(21, 25), [SY]), (snap(25), [SI])],
-                 LIVE, 25, {SNAP + 20, 25}, [], id="s-snapshot-not-newer-than-live"),
-    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (snap(30), [SA])],
-                 RESYNC, 30, {SNAP + 30}, [], id="f-newer-snapshot-replaces-live"),
-    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (snap(30), [SA]),
-                     (d(26, 28, 25), [ST]), (d(29, 32, 28), [SY])],
-                 LIVE, 32, {SNAP + 30, 32}, [], id="f-newer-snapshot-then-straddle"),
-    pytest.param(S, [(snap(20), [SA]), (d(21, 25), [SY]), (snap(30), [SA]), (d(26, 30), [ST]),
-                     (d(31, 32), [SY])],
-                 LIVE, 32, {SNAP + 30, 32}, [], id="s-newer-snapshot-then-straddle"),
+    # A live book merges snapshots (consistent ones here: the book's own bids at that id).
+    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (snap(25, bids=AT_25), [SM]),
+                     (snap(20, bids=[(SNAP + 20, 1)]), [SM]), (snap(19), [SI])],
+                 LIVE, 25, {SNAP + 20, 25}, [], id="f-snapshots-at-or-behind-live-merge"),
+    pytest.param(S, [(snap(20), [SA]), (d(21, 25), [SY]), (snap(25, bids=AT_25), [SM])],
+                 LIVE, 25, {SNAP + 20, 25}, [], id="s-snapshot-at-live-merges"),
+    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]),
+                     (snap(30, bids=[*AT_25, (30, 1)]), [SH]),
+                     (d(26, 30, 25), [AP, SM])],
+                 LIVE, 30, {SNAP + 20, 25, 30}, [], id="f-newer-snapshot-held-then-merged"),
+    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (snap(30), [SH]),
+                     (d(29, 32, 28), [GA, SA, SY])],
+                 LIVE, 32, {SNAP + 30, 32}, [], id="f-gap-before-a-held-snapshot-starts-from-it"),
+    pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]),
+                     (snap(25, bids=[(SNAP + 20, 2), (25, 1)]), [AM])],
+                 LIVE, 25, {SNAP + 20, 25}, [], id="f-merge-that-disagrees-is-an-audit-mismatch"),
     # -- reset -----------------------------------------------------------------------------------
     pytest.param(F, [(snap(20), [SA]), (d(18, 25, 17), [SY]), (Reset(), [GA])],
                  RESYNC, None, set(), [], id="f-reset-live"),
@@ -219,8 +225,8 @@ def test_steps_carry_update_ids_and_reasons() -> None:
     assert sync.last_applied == d(18, 25, 17)
     assert sync.on_delta(d(26, 27, 25)) == Step(AP, 27)
     assert sync.on_delta(d(26, 27, 25)) == Step(DU, 27)
-    ignored = sync.on_snapshot(snap(27))
-    assert ignored[0].outcome is SI and "27" in ignored[0].reason
+    ignored = sync.on_snapshot(snap(19))
+    assert ignored[0].outcome is SI and "19" in ignored[0].reason and "from 20" in ignored[0].reason
     gap = sync.on_delta(d(40, 41, 30))
     assert gap.outcome is GA and gap.update_id == 41
     assert "pu=30" in gap.reason and "u=27" in gap.reason
@@ -424,7 +430,7 @@ def check_safe(sync: BookSync, world: World, steps: list[Step]) -> None:
 
 def feed(sync: BookSync, world: World, action: Action) -> None:
     if isinstance(action, DepthDelta):
-        steps = [sync.on_delta(action)]
+        steps = [sync.on_delta(action), *sync.settle()]  # as SymbolState does
     elif isinstance(action, DepthSnapshot):
         steps = sync.on_snapshot(action)
     else:

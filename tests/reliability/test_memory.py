@@ -31,7 +31,7 @@ def feed(state: SymbolState, first: int, last: int) -> None:
 
 def test_far_levels_are_pruned_and_memory_stays_flat() -> None:
     state = SymbolState("FARUSDT", depth=20, max_levels=MAX_LEVELS)
-    snapshot = DepthSnapshot("FARUSDT", 0, ((MID - 1, 1),), ((MID + 1, 1),), 0.0)
+    snapshot = DepthSnapshot("FARUSDT", 0, ((MID - 1, 1),), ((MID + 1, 1),), 0.0, limit=1000)
     state.on_events([snapshot])
     tracemalloc.start()
     try:
@@ -66,7 +66,8 @@ def test_deltas_buffered_without_a_snapshot_are_bounded() -> None:
     assert state.counts[Outcome.BUFFER_OVERFLOW.value] == 12_000 - 1 - 1_000
     assert end - warm < 256 * 1024, f"grew by {(end - warm) / 1024:.0f} KiB after warm-up"
     # The newest deltas are kept: a snapshot now still syncs the book.
-    out = state.on_events([DepthSnapshot("FARUSDT", 11_500, ((MID - 1, 1),), ((MID + 1, 1),), 0.0)])
+    snapshot = DepthSnapshot("FARUSDT", 11_500, ((MID - 1, 1),), ((MID + 1, 1),), 0.0, limit=100)
+    out = state.on_events([snapshot])
     assert state.sync.synced and state.sync.last_update_id == 11_999, out[-1:]
 
 

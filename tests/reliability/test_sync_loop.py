@@ -112,6 +112,7 @@ class Loop:
         if asked:
             self.request(tick)
         self.sync.on_delta(ev)
+        self.sync.settle()  # as SymbolState does: held snapshots merge, or start a new book
         self.ref.delta(_ref_event(ev))
         # The source asks for a snapshot only when the book needs one (no wasted resync).
         assert not (asked and self.sync.synced), f"a snapshot asked for at {ids}; book is live"

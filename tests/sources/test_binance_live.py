@@ -26,6 +26,7 @@ from market_data.events import (
     Trade,
 )
 from market_data.options import BinanceFuturesOptions, BinanceSpotOptions
+from market_data.runtime import PipelineRuntime
 from sources.backfill import FAILURE_REASONS
 from sources.binance import IDLE_WAIT_S, BinanceSource
 from sources.simulator.config import SimulatorConfig
@@ -48,7 +49,9 @@ def run_live(
         run_for_s=seconds,
         **opts,
     )
-    return run_source(BinanceSource(options, Market.FUTURES), Market.FUTURES, workers, DEPTH)
+    runtime = PipelineRuntime()
+    source = BinanceSource(options, Market.FUTURES, depth=DEPTH, wants=runtime.wants)
+    return run_source(source, Market.FUTURES, workers, DEPTH, runtime)
 
 
 def assert_books_match(sim: Simulator, out: list[OutputEvent]) -> dict[str, int]:
@@ -110,8 +113,10 @@ def test_each_fault_is_recovered_without_a_wrong_book(fault):
     config = SimulatorConfig(
         symbols=tuple(symbols), rate=40, seed=11, faults=FaultConfig().with_(**{fault: rate})
     )
+    # Snapshot faults need REST snapshots: without partial depth frames every resync asks one.
+    partial_depth = not fault.startswith("snapshot")
     with Simulator(config) as sim:
-        out = run_live(sim, symbols, seconds=5.0)
+        out = run_live(sim, symbols, seconds=5.0, partial_depth=partial_depth)
         assert sim.counts().get(fault, 0) > 0, sim.counts()  # the fault really happened
         checked = assert_books_match(sim, out)
         assert set(checked) == set(symbols)
@@ -124,7 +129,8 @@ def test_each_fault_is_recovered_without_a_wrong_book(fault):
 def test_two_hundred_symbols_split_streams_and_pace_snapshots():
     symbols = [f"S{i:03d}USDT" for i in range(200)]
     # The exchange allows 60 weight per second; each snapshot (limit 50) weighs 2, so 200
-    # snapshots need at least 400 / 60 ~ 6.7 s. The source is told 50 per second.
+    # snapshots need at least 400 / 60 ~ 6.7 s. The source is told 50 per second, and starts
+    # books from REST only (partial depth frames would need none).
     config = SimulatorConfig(
         symbols=tuple(symbols), rate=1, seed=5, weight_budget=60, weight_window_s=1.0, levels=100
     )
@@ -138,6 +144,7 @@ def test_two_hundred_symbols_split_streams_and_pace_snapshots():
             snapshot_limit=50,
             snapshot_weight_budget=50,
             snapshot_window_s=1.0,
+            partial_depth=False,
         )
         counts = sim.counts()
     # 2 partitions x 100 symbols: depth on /public and aggTrade on /market, 64 streams each at

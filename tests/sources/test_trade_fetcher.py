@@ -1,4 +1,4 @@
-"""The aggTrades page fetcher against the simulator: pages, errors, 429s, pacing, books first."""
+"""The aggTrades page fetcher against the simulator: pages, errors, 429s, pacing, first in line."""
 
 from __future__ import annotations
 
@@ -25,11 +25,9 @@ def sim() -> Any:
         yield s
 
 
-def fetcher(
-    sim: Simulator, budget: WeightBudget, defer: Any = None
-) -> tuple[TradeFetcher, queue.Queue[Page]]:
+def fetcher(sim: Simulator, budget: WeightBudget) -> tuple[TradeFetcher, queue.Queue[Page]]:
     pages: queue.Queue[Page] = queue.Queue()
-    f = TradeFetcher(sim.rest_url, Market.FUTURES, budget, threading.Lock(), pages.put, defer)
+    f = TradeFetcher(sim.rest_url, Market.FUTURES, budget, threading.Lock(), pages.put)
     f.start()
     return f, pages
 
@@ -76,41 +74,33 @@ def test_429_blocks_the_budget_for_retry_after() -> None:
             f.stop()
 
 
-def test_requests_wait_while_snapshots_are_due_and_a_cancelled_one_is_never_sent(sim: Any) -> None:
-    snapshots_due = threading.Event()
-    snapshots_due.set()
-    f, pages = fetcher(sim, WeightBudget(1000, 60.0), defer=snapshots_due.is_set)
+def test_a_cancelled_request_is_never_sent_and_a_newer_one_replaces_the_pending_one(
+    sim: Any,
+) -> None:
+    budget = WeightBudget(1000, 60.0)
+    budget.block(0.5, time.monotonic())  # nothing is sent for half a second
+    f, pages = fetcher(sim, budget)
     try:
-        first = sim.trades("BTCUSDT")[0].agg_id
-        f.request("BTCUSDT", 1, first)
-        with pytest.raises(queue.Empty):
-            pages.get(timeout=0.4)
+        f.request("BTCUSDT", 1, sim.trades("BTCUSDT")[0].agg_id)
+        assert f.due()  # the snapshot fetcher waits while this is so
         f.cancel("BTCUSDT")
         f.request("ETHUSDT", 2, 1)  # replaced below before it is sent
         f.request("ETHUSDT", 3, 1)
-        snapshots_due.clear()
         page = pages.get(timeout=5)
         assert (page.symbol, page.episode) == ("ETHUSDT", 3)
         with pytest.raises(queue.Empty):
             pages.get(timeout=0.3)
+        assert not f.due()
     finally:
         f.stop()
 
 
-@pytest.mark.parametrize(("spent_by_snapshots", "sent"), [(50, True), (60, False)])
-def test_a_quarter_of_the_budget_is_left_to_snapshots(
-    sim: Any, spent_by_snapshots: int, sent: bool
-) -> None:
+def test_backfills_may_use_the_whole_budget(sim: Any) -> None:
     budget = WeightBudget(100, 60.0)
-    budget.spend(spent_by_snapshots, time.monotonic())
+    budget.spend(80, time.monotonic())  # 80 + 20 fits
     f, pages = fetcher(sim, budget)
     try:
         f.request("BTCUSDT", 1, sim.trades("BTCUSDT")[0].agg_id)
-        try:
-            pages.get(timeout=1.0)
-            got = True
-        except queue.Empty:
-            got = False
-        assert got is sent  # 50 + 20 fits under 100 - 25; 60 + 20 does not
+        assert pages.get(timeout=5).error is None
     finally:
         f.stop()
