@@ -51,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks import core, live
+from benchmarks import core, live, whole_market
 from benchmarks.procs import max_rss_kib
 from benchmarks.streams import Stream, generate
 from market_data import speedups
@@ -164,6 +164,9 @@ def redis_answers() -> bool:
 
 
 CASES = ("core", "ceiling", "replay", "e2e", "throughput", "premade")
+"""The cases run by default."""
+MORE_CASES = ("whole-market",)
+"""Cases run only when named (``--cases whole-market``): minutes each."""
 PREMADE_PER_S = 25_000
 """Frames made per symbol for each second of a ``premade`` run (two processes read ~23,000); a
 run that uses them all up fails rather than report a starved window."""
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--cases", default=",".join(CASES), help=f"some of {','.join(CASES)}")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"some of {','.join(CASES + MORE_CASES)}"
+    )
     parser.add_argument("--symbols", type=int, default=4)
     parser.add_argument("--updates", type=int, default=25_000, help="per symbol")
     parser.add_argument("--runs", type=int, default=3, help="repeats; medians are reported")
@@ -201,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--live-warmup", type=float, default=5.0, help="seconds left out")
     parser.add_argument("--live-seconds", type=float, default=20.0, help="seconds measured")
+    parser.add_argument(
+        "--whole-market-symbols", default="200,500", help="symbol counts of the whole-market case"
+    )
+    parser.add_argument("--whole-market-markets", default="futures,spot")
+    parser.add_argument(
+        "--whole-market-variants",
+        default="partial",
+        help="partial (books from partial depth frames, the default config) and/or rest "
+        "(partial_depth: false, REST snapshots only)",
+    )
+    parser.add_argument("--whole-market-rate", type=float, default=10.0, help="updates/s each")
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -209,11 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         args.e2e_variants, args.throughput_processes = "default,low-latency", "1"
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     variants = [v.strip() for v in args.e2e_variants.split(",") if v.strip()]
-    unknown = sorted(set(cases) - set(CASES)) + sorted(set(variants) - set(E2E_VARIANTS))
+    unknown = sorted(set(cases) - set(CASES + MORE_CASES))
+    unknown += sorted(set(variants) - set(E2E_VARIANTS))
     if unknown:
         parser.error(
-            f"unknown case or variant {unknown}; expected cases from {list(CASES)} and "
-            f"variants from {list(E2E_VARIANTS)}"
+            f"unknown case or variant {unknown}; expected cases from "
+            f"{list(CASES + MORE_CASES)} and variants from {list(E2E_VARIANTS)}"
         )
     symbols = [f"SYM{i}USDT" for i in range(args.symbols)]
     streams = [generate(s, args.updates, seed=7) for s in symbols]
@@ -273,7 +290,26 @@ def main(argv: list[str] | None = None) -> int:
         round_trips.append(live.redis_round_trip(url))
     rows += [live_row(f) for f in figures]
 
-    print(table(rows))
+    markets: list[whole_market.WholeMarketFigures] = []
+    if "whole-market" in cases:
+        for market in (m.strip() for m in args.whole_market_markets.split(",") if m.strip()):
+            for n in (int(x) for x in args.whole_market_symbols.split(",") if x.strip()):
+                for variant in (v.strip() for v in args.whole_market_variants.split(",")):
+                    markets.append(
+                        whole_market.run_whole_market(
+                            n, spot=market == "spot", rate=args.whole_market_rate,
+                            variant=variant,
+                        )
+                    )  # fmt: skip
+                    print(whole_market.table(markets[-1:]).splitlines()[-1], flush=True)
+
+    if rows:
+        print(table(rows))
+    if markets:
+        print(whole_market.table(markets))
+        for m in markets:
+            for note in m.notes:
+                print(f"{m.market} {m.symbols} {m.variant}: {note}")
     print(f"\n{speedups.STATUS}")
     if round_trips:
         print(
@@ -293,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
                 "args": vars(args),
                 "rows": [asdict(r) for r in rows],
                 "live": [asdict(f) for f in figures],
+                "whole_market": [asdict(m) for m in markets],
                 "redis_round_trip_us": [{"p50": p50, "p99": p99} for p50, p99 in round_trips],
             },
             indent=2,

@@ -88,6 +88,22 @@ SINK_DROPS = Counter("sink_drops", "Items a sink had to drop (overflow)", ["sink
 SNAPSHOT_FETCHES = Counter(
     "snapshot_fetches", "REST depth snapshot requests, by outcome", ["symbol", "outcome"]
 )
+REST_WEIGHT_SPENT = Counter(
+    "rest_weight_spent",
+    "REST request weight this process spent, by endpoint (depth, aggTrades)",
+    ["endpoint"],
+)
+REST_WEIGHT_USED = Gauge(
+    "rest_weight_used",
+    "The exchange's last X-MBX-USED-WEIGHT-1M: weight the whole IP used this minute",
+    [],
+    multiprocess_mode="livemax",
+)
+REST_RATE_LIMITED = Counter(
+    "rest_rate_limited",
+    "REST answers that refused a request for the weight limit (429) or banned the IP (418)",
+    ["status"],
+)
 RESYNCS = Counter("resyncs", "Snapshots requested by the source, by reason", ["symbol", "reason"])
 TRADES_BACKFILLED = Counter(
     "trades_backfilled",

@@ -34,6 +34,12 @@ MAX_TRIES = 5
 """Failed requests in a row before a backfill gives up."""
 MAX_HELD = 100_000
 """Live trades held for one symbol before a backfill gives up."""
+PROBE_S = 2.0
+"""After a reconnect, how long the backfill request waits for the symbol's first live trade:
+when that trade's id follows the last one passed on, nothing was missed and no request (weight
+20 on USD-M) is sent. Only a quiet symbol's missed trades wait for it (live trades that arrive
+are decided at once: contiguous, or the request goes out then); at a mass disconnect of a whole
+market it spares the weight of every symbol that traded nothing meanwhile."""
 RETRY = ExponentialBackoff(0.25, 2.0)
 """Delays between failed requests (with full jitter); 429s also wait for their Retry-After."""
 
@@ -88,6 +94,7 @@ class TradeGate:
     __slots__ = (
         "_held",
         "_in_flight",
+        "_probe_until",
         "_rng",
         "_tries",
         "covered",
@@ -98,6 +105,7 @@ class TradeGate:
         "first_live",
         "last",
         "max_trades",
+        "probe_s",
         "symbol",
         "timeout_s",
     )
@@ -108,6 +116,7 @@ class TradeGate:
         max_trades: int,
         timeout_s: float,
         rng: random.Random | None = None,
+        probe_s: float = 0.0,
     ) -> None:
         if max_trades < 1 or timeout_s <= 0:
             raise ValueError(
@@ -127,6 +136,8 @@ class TradeGate:
         self._held: list[Trade] = []
         self._in_flight = False
         self._tries = 0
+        self.probe_s = probe_s  # see PROBE_S
+        self._probe_until = 0.0  # until then, the first request waits to be sent
 
     def passed(self, trade_id: int) -> None:
         """A live trade was passed on (the gate is not filling)."""
@@ -150,7 +161,8 @@ class TradeGate:
         self.fetched = 0
         self._tries = 0
         self._held = []
-        return self._fetch(0.0)
+        self._probe_until = now + self.probe_s
+        return self._fetch(self.probe_s)
 
     def hold(self, trade: Trade, now: float) -> Step:
         """A live trade arrived while filling: hold it; maybe the backfill is complete now."""
@@ -159,8 +171,13 @@ class TradeGate:
             self.first_live = trade.trade_id
             if self.first_live - self.covered - 1 > self.max_trades - self.fetched:
                 return self._end("too_many_trades", failed=True)
-            if not self._in_flight:  # caught up before: continuous now, or fetch the rest
-                return self._end("filled", failed=False) if self._reached() else self._fetch(0.0)
+            if self._reached():  # continuous with what went out: nothing is missing
+                return self._end("filled", failed=False)
+            if not self._in_flight:  # caught up before, and trades were missed since
+                return self._fetch(0.0)
+            if now < self._probe_until:  # the first request still waits: send it now
+                self._probe_until = 0.0
+                return Step(fetch_from=self.covered + 1)
         if len(self._held) > MAX_HELD:
             return self._end("held_too_many", failed=True)
         return NOTHING

@@ -51,7 +51,7 @@ from market_data.placement import partition_names, place_symbols, worker_of_part
 from market_data.runtime import BookWants, PipelineRuntime
 from market_data.shutdown import stop_requested
 from operators.sync import too_short
-from sources.backfill import Page, Step, TradeGate
+from sources.backfill import PROBE_S, Page, Step, TradeGate
 from sources.connection import (
     ConnectionSettings,
     ConnEvent,
@@ -196,7 +196,11 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         if options.trade_backfill:
             self._gates = {
                 s: TradeGate(
-                    s, options.trade_backfill_max_trades, options.trade_backfill_timeout_s, rng
+                    s,
+                    options.trade_backfill_max_trades,
+                    options.trade_backfill_timeout_s,
+                    rng,
+                    probe_s=PROBE_S,
                 )
                 for s in symbols
             }
@@ -243,8 +247,6 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
         wants = self._wants
         if wants is not None and wants.version != self._wants_version:
             self._on_wants(wants)
-        if self._due and time.monotonic() >= self._next_due:
-            self._run_due()
         if len(queue) < SOURCE_BATCH:
             self.reader.poll()  # the sockets, read here: what is not read waits in the kernel
             if not queue and not out and not self._poll:  # low latency: wait, do not spin
@@ -294,6 +296,10 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 self._on_conn(item[1], out)
         if out:
             STATE.processed_at = time.time()
+        if self._due and not queue and time.monotonic() >= self._next_due:
+            # Only with nothing received left to process: a worker that is behind has the
+            # partial depth frame that would start the book waiting in its queue.
+            self._run_due()
         if len(queue) != self._backlog_reported:
             self._backlog_reported = len(queue)
             self._backlog.set(self._backlog_reported)

@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import NamedTuple
@@ -60,22 +61,38 @@ def weighted_get(url: str, budget: WeightBudget, lock: threading.Lock, weight: i
     (``URLError``) when no answer came.
     """
     req = urllib.request.Request(url, headers={"User-Agent": "market-data"})
+    metrics.REST_WEIGHT_SPENT.labels(_endpoint(url)).inc(weight)
     try:
         with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
             body, status = resp.read(), resp.status
             used = resp.headers.get("X-MBX-USED-WEIGHT-1M")
     except urllib.error.HTTPError as exc:
         body = exc.read() or b""
+        _observe_used(exc.headers.get("X-MBX-USED-WEIGHT-1M"), budget, lock, weight)
         if exc.code not in (418, 429):
             return Answer(exc.code, body)
+        metrics.REST_RATE_LIMITED.labels(str(exc.code)).inc()
         retry_after = _retry_after(exc.headers.get("Retry-After"))
         with lock:
             budget.block(retry_after, time.monotonic())
         return Answer(exc.code, body, retry_after)
+    _observe_used(used, budget, lock, weight)
+    return Answer(status, body)
+
+
+def _observe_used(
+    used: str | None, budget: WeightBudget, lock: threading.Lock, weight: int
+) -> None:
+    """Tell the budget (and the metric) what the exchange says the IP used this minute."""
     if used is not None and used.isdigit():
+        metrics.REST_WEIGHT_USED.set(int(used))
         with lock:
             budget.observe_used(int(used), time.monotonic(), weight, time.time())
-    return Answer(status, body)
+
+
+def _endpoint(url: str) -> str:
+    """``depth`` or ``aggTrades``: the last part of a REST URL's path."""
+    return urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1] or "other"
 
 
 SnapshotCallback = Callable[[DepthSnapshot | FrameError], None]

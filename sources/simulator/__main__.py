@@ -3,8 +3,10 @@
 Prints the WebSocket and REST base URLs it listens on (and a few ready-made URLs), then serves
 until Ctrl-C or SIGTERM. For load tests, ``--frame-per-update --tick-ms 1 --rate 10000`` pushes
 10,000 depth frames a second per symbol, and ``--stats-every 1`` prints a JSON line a second:
-``{"t": <unix s>, "frames_sent": n, "depth_frames_queued": n, "backlog": n}`` (cumulative counts;
-``backlog`` is the longest client queue). For deep books whose touch wanders,
+``{"t": <unix s>, "frames_sent": n, "depth_frames_queued": n, "backlog": n, "rest_weight": n,
+"rest_weight_peak": n, ...}`` (cumulative counts, then every fault and limit count; ``backlog``
+is the longest client queue, ``rest_weight_peak`` the most REST weight granted in one window).
+``kill -USR1`` cuts every WebSocket connection at once. For deep books whose touch wanders,
 ``--levels 1200 --sweep-every 2`` sweeps each symbol's best 80 levels of one side every 2 s.
 """
 
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         sim.stop()
 
     signal.signal(signal.SIGTERM, _stop)
+    # `kill -USR1 <pid>` cuts every WebSocket connection at once (a mass disconnect).
+    signal.signal(signal.SIGUSR1, lambda signum, frame: sim.disconnect_all())
     first = config.symbols[0].lower()
     print(f"ws   {sim.ws_url}", flush=True)
     print(f"rest {sim.rest_url}", flush=True)
@@ -183,7 +187,10 @@ def _quiet_gc() -> None:
 
 
 def _print_stats(sim: Simulator) -> None:
-    print(json.dumps({"t": round(time.time(), 3), **sim.traffic()}), flush=True)
+    weight = sim.rest_weight()
+    extra = {"rest_weight": weight["total"], "rest_weight_peak": weight["peak"]}
+    print(json.dumps({"t": round(time.time(), 3), **sim.traffic(), **extra, **sim.counts()}))
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

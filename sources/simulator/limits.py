@@ -85,7 +85,20 @@ class WeightLimiter:
                 return Verdict(418, st.used, math.ceil(self.ban_s))
             return Verdict(429, st.used, max(1, math.ceil((window + 1) * self.window_s - now)))
         st.used += weight
+        st.granted += weight
+        st.peak = max(st.peak, st.used)
         return Verdict(200, st.used)
+
+    def weight_granted(self) -> dict[str, int]:
+        """Weight granted since the start (``total``) and the most in one window (``peak``).
+
+        Over every client: in tests they all share loopback, as processes share an IP.
+        """
+        states = self._state.values()
+        return {
+            "total": sum(st.granted for st in states),
+            "peak": max((st.peak for st in states), default=0),
+        }
 
     def used(self, client: str, now: float) -> int:
         """Weight ``client`` has used in the current window."""
@@ -101,11 +114,22 @@ class WeightLimiter:
 
 
 class _ClientWeight:
-    __slots__ = ("banned_until", "ignored_retry_after", "retry_until", "strikes", "used", "window")
+    __slots__ = (
+        "banned_until",
+        "granted",
+        "ignored_retry_after",
+        "peak",
+        "retry_until",
+        "strikes",
+        "used",
+        "window",
+    )
 
     def __init__(self) -> None:
         self.window = -1
         self.used = 0
+        self.granted = 0  # weight of every request answered, since the start
+        self.peak = 0  # the most weight used in one window
         self.strikes = 0
         self.banned_until = 0.0
         self.retry_until = 0.0  # no request before this time (the last Retry-After given)

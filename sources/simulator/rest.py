@@ -58,6 +58,10 @@ class RestApi:
         )
         self._rng = random.Random(f"{config.seed}:rest")
 
+    def weight_granted(self) -> dict[str, int]:
+        """REST weight granted so far (``total``) and the most in one window (``peak``)."""
+        return self._limiter.weight_granted()
+
     async def serve_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:

@@ -273,6 +273,13 @@ class Simulator:
         self._faults = self._faults.with_(**rates)
         return self._faults
 
+    def rest_weight(self) -> dict[str, int]:
+        """REST request weight granted so far (``total``) and the most in one window (``peak``).
+
+        ``peak`` is what the exchange counted against its per-IP limit at worst.
+        """
+        return self._rest.weight_granted()
+
     def counts(self) -> dict[str, int]:
         """How often each fault and each limit happened (``gap``, ``rest_429``, ...).
 

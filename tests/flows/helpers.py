@@ -32,15 +32,17 @@ def run_source(
     workers: int = 1,
     depth: int = 10,
     runtime: PipelineRuntime | None = None,
+    sink: list[OutputEvent] | None = None,
 ) -> list[OutputEvent]:
     """Run ``source`` through the order-book operator with bytewax's testing harness.
 
-    ``runtime`` is the one the source was built with (the operator tells it which books wait).
+    ``runtime`` is the one the source was built with (the operator tells it which books wait);
+    outputs are appended to ``sink`` as they come (another thread may watch it), or to a new list.
     """
     flow = Dataflow("test_books")
     src: Stream[SourceEvent] = op.input("inp", flow, source)
     out_stream = apply("order_book", src, OrderBookOptions(depth=depth), market, runtime)
-    out: list[OutputEvent] = []
+    out: list[OutputEvent] = sink if sink is not None else []
     op.output("out", out_stream, TestingSink(out))
     if workers == 1:
         run_main(flow)

@@ -296,3 +296,31 @@ def test_failing_rest_and_deadlines_keep_trades_in_order_and_bounded(seed: int) 
     assert AGG_TRADES_PAGE == 1000
     if failures == 0:
         assert out == list(range(out[0], out[0] + len(out))) if out else True
+
+
+def test_a_probe_waits_for_the_first_live_trade_and_a_contiguous_one_needs_no_request() -> None:
+    gate = TradeGate(SYM, 100, 10.0, random.Random(0), probe_s=2.0)
+    gate.passed(10)
+    assert gate.reconnected(5.0) == Step(fetch_from=11, delay_s=2.0)  # not sent before 7.0
+    step = gate.hold(trade(11), 5.3)  # 11 follows 10: nothing was missed while cut off
+    assert ids(step) == [11] and (step.ended, step.failed, step.backfilled) == ("filled", False, 0)
+    assert not gate.filling
+    assert gate.on_page(page(gate, 11, 11)) == NOTHING  # the request, had it gone, is ignored
+
+
+def test_a_probe_sends_the_request_at_once_when_the_first_live_trade_shows_a_gap() -> None:
+    gate = TradeGate(SYM, 100, 10.0, random.Random(0), probe_s=2.0)
+    gate.passed(10)
+    gate.reconnected(5.0)
+    assert gate.hold(trade(14), 5.2) == Step(fetch_from=11)  # sooner than 7.0: 11..13 missed
+    assert gate.hold(trade(15), 5.3) == NOTHING
+    step = gate.on_page(page(gate, 11, 15))
+    assert ids(step) == [11, 12, 13, 14, 15] and step.ended == "filled"
+
+
+def test_a_quiet_symbol_is_asked_after_the_probe() -> None:
+    gate = TradeGate(SYM, 100, 10.0, random.Random(0), probe_s=2.0)
+    gate.passed(10)
+    assert gate.reconnected(5.0).delay_s == 2.0  # the source sends it at 7.0
+    step = gate.on_page(page(gate, 11, 12))  # two were missed, no live trade since
+    assert ids(step) == [11, 12] and step.backfilled == 2
