@@ -66,6 +66,9 @@ class SymbolState:
         self.unknown: str | None = None
         self.unknown_since = 0.0
         self._seen = Occurrences(max_keys=2)  # window misses and audit mismatches to log
+        # (the batch's output, index) of a window-miss status of a book that was published
+        self._blip: tuple[list[OutputEvent], int] | None = None
+        self._untold: str | None = None  # a window miss of this batch, to log at its end
 
     def on_events(self, events: Iterable[SourceEvent]) -> list[OutputEvent]:
         """Handle a batch of this symbol's events in order; return what to emit."""
@@ -94,6 +97,12 @@ class SymbolState:
                 self.counts[type(ev).__name__] += 1
             else:
                 raise TypeError(f"SymbolState got an unexpected event {ev!r}")
+        self._blip = None  # a miss that outlasts the batch was reported
+        if self._untold is not None:
+            n = self._seen.note("window")
+            if n is not None:
+                logger.info("%s: not published (#%d): %s", self.symbol, n, self._untold)
+            self._untold = None
         return out
 
     def _on_trade(self, ev: Trade, out: list[OutputEvent]) -> None:
@@ -122,6 +131,7 @@ class SymbolState:
                 changed = changed or not self.published  # it may have widened the window
             elif outcome is Outcome.AUDIT_MISMATCH:
                 changed = True  # the book took the exchange's levels: publish them
+                self._blip = None
                 n = self._seen.note("audit")
                 if n is not None:
                     logger.warning("%s: audit mismatch (#%d): %s", symbol, n, step.reason)
@@ -141,6 +151,7 @@ class SymbolState:
                 changed = False  # whatever was applied before the gap is gone with the book
                 self.published = False
                 self.unknown = None
+                self._blip = None
                 logger.warning("%s: resyncing: %s", symbol, step.reason)
                 out.append(
                     BookStatus(symbol, BookState.RESYNCING, step.reason, step.update_id, recv_time)
@@ -156,12 +167,12 @@ class SymbolState:
         update_id = sync.last_update_id
         if isinstance(top, str):
             if self.published or self.unknown is None:
+                if self.published:  # a blip that ends in this same batch is not reported
+                    self._blip = (out, len(out))
                 self.published = False
                 self.unknown, self.unknown_since = top, recv_time
                 self.counts["window_miss"] += 1
-                n = self._seen.note("window")
-                if n is not None:
-                    logger.info("%s: not published (#%d): %s", self.symbol, n, top)
+                self._untold = top  # logged at the end of the batch, unless it ended in it
                 out.append(
                     BookStatus(
                         self.symbol,
@@ -177,15 +188,23 @@ class SymbolState:
             raise RuntimeError(f"{self.symbol}: a synced book with no applied update")
         if not self.published:
             self.published = True
+            blip, self._blip = self._blip, None
             cause = StatusCause.SEQUENCE
             if self.unknown is None:
                 logger.info("%s: book synced at u=%d", self.symbol, update_id)
             else:
                 cause = StatusCause.WINDOW
             self.unknown = None
-            out.append(
-                BookStatus(self.symbol, BookState.SYNCED, "synced", update_id, recv_time, cause)
-            )
+            if blip is not None and blip[0] is out:
+                self._untold = None
+                # Published before this batch, held back and published again within it (the
+                # partial frame that widens the window came right after the update): consumers
+                # missed no view, so the two statuses would only be noise.
+                del out[blip[1]]
+            else:
+                out.append(
+                    BookStatus(self.symbol, BookState.SYNCED, "synced", update_id, recv_time, cause)
+                )
         bids, asks = top
         out.append(
             BookUpdate(

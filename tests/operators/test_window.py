@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import random
 
-from market_data.events import BookState, BookStatus, BookUpdate, DepthDelta, DepthSnapshot, Market
+from market_data.events import (
+    BookState,
+    BookStatus,
+    BookUpdate,
+    DepthDelta,
+    DepthSnapshot,
+    Level,
+    Market,
+    StatusCause,
+)
 from operators.symbol import SymbolState
 
 SYM = "BTCUSDT"
@@ -26,7 +35,7 @@ class DeepExchange:
         self.bids = {10_000 - i: 1 + self.rng.randrange(9) for i in range(levels)}
         self.asks = {10_001 + i: 1 + self.rng.randrange(9) for i in range(levels)}
         self.u = 1_000
-        self.truth: dict[int, object] = {}  # update id -> the top DEPTH levels after it
+        self.truth: dict[int, tuple[tuple[Level, ...], tuple[Level, ...]]] = {}  # u -> top after u
 
     def snapshot(self, limit: int) -> DepthSnapshot:
         bids = tuple(sorted(self.bids.items(), reverse=True)[:limit])
@@ -115,3 +124,50 @@ def test_a_book_whose_snapshot_held_the_whole_side_publishes_through_sweeps() ->
     state = synced(ex, limit=100)
     events = [ex.sweep_bids(30), ex.quote_near_touch(), ex.sweep_bids(30), ex.quote_near_touch()]
     assert len(run(state, ex, events)) == len(events)
+
+
+def partial(ex: DeepExchange) -> DepthSnapshot:
+    """What a partial depth frame carries: the top 20 at the exchange's last update id."""
+    snap = ex.snapshot(20)
+    return DepthSnapshot(SYM, snap.last_update_id, snap.bids, snap.asks, 0.0, limit=20,
+                         from_stream=True)  # fmt: skip
+
+
+def test_a_miss_mended_by_a_partial_frame_in_the_same_batch_leaves_no_status() -> None:
+    ex = DeepExchange(levels=300)
+    state = synced(ex, limit=20)  # a book started from a partial frame: 20 levels known a side
+    # A seller takes 15 bids: 5 of the 20 known are left, fewer than the 10 published.
+    sweep = ex.sweep_bids(15)
+    out = state.on_events([sweep, partial(ex)])  # the frame for the same update, right after
+    assert [type(o) for o in out] == [BookUpdate]  # the view at that update, no status pair
+    view = out[0]
+    assert isinstance(view, BookUpdate) and view.bids == ex.truth[sweep.final_update_id][0]
+    assert state.counts["window_miss"] == 1  # still counted (book_window_misses_total)
+
+
+def test_a_miss_that_outlasts_its_batch_is_reported_and_so_is_its_end() -> None:
+    ex = DeepExchange(levels=300)
+    state = synced(ex, limit=20)
+    out = state.on_events([ex.sweep_bids(15)])
+    assert [(type(o), getattr(o, "cause", None)) for o in out] == [(BookStatus, StatusCause.WINDOW)]
+    out = state.on_events([partial(ex)])
+    assert [(type(o), getattr(o, "state", None)) for o in out] == [
+        (BookStatus, BookState.SYNCED),
+        (BookUpdate, None),
+    ]
+
+
+def test_a_gap_after_a_miss_in_one_batch_keeps_both_statuses() -> None:
+    ex = DeepExchange(levels=300)
+    state = synced(ex, limit=20)
+    sweep = ex.sweep_bids(15)
+    ex.quote_near_touch()  # lost
+    after = ex.quote_near_touch()
+    out = state.on_events([sweep, after])
+    assert [(o.state, o.cause) for o in out if isinstance(o, BookStatus)] == [
+        (BookState.RESYNCING, StatusCause.WINDOW),
+        (BookState.RESYNCING, StatusCause.SEQUENCE),
+    ]
+    # A new book starts from the frame (at the breaking update's id, which joins it again).
+    out = state.on_events([partial(ex), ex.quote_near_touch()])
+    assert [type(o) for o in out] == [BookStatus, BookUpdate, BookUpdate]
