@@ -38,9 +38,11 @@ def test_short_soak_with_every_fault_keeps_books_right_and_trades_whole(variant:
 
 def test_a_gap_storm_costs_each_book_a_moment_and_no_trade() -> None:
     # Issue 15's storm, denser: 3 symbols at 200 updates/s, 2% of depth frames dropped (about a
-    # dozen gaps: none at all would be a 1-in-100,000 draw) and connections cut every few seconds. Books restart from the next partial depth frame, so no resync waits for REST
+    # dozen gaps: none at all would be a 1-in-100,000 draw) and connections cut every few
+    # seconds. Books restart from the next partial depth frame, so no resync waits for REST
     # weight, and the trade backfills after each cut have the REST budget to themselves.
-    report = run_soak(20.0, symbols=3, rate=200.0, warmup_s=5.0, faults="gap=0.02,disconnect=0.003")
+    storm = "gap=0.02,disconnect=0.003"
+    report = run_soak(20.0, symbols=3, rate=200.0, warmup_s=5.0, faults=storm)
     print(format_report(report))
     assert report.sim_counts["gap"] > 0 and report.sim_counts["disconnect"] > 0
     assert report.books_wrong == 0, report.wrong_examples
