@@ -217,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         "(partial_depth: false, REST snapshots only)",
     )
     parser.add_argument("--whole-market-rate", type=float, default=10.0, help="updates/s each")
+    parser.add_argument(
+        "--whole-market-processes", type=int, default=1, help="processes of one cluster"
+    )
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                     markets.append(
                         whole_market.run_whole_market(
                             n, spot=market == "spot", rate=args.whole_market_rate,
-                            variant=variant,
+                            variant=variant, processes=args.whole_market_processes,
                         )
                     )  # fmt: skip
                     print(whole_market.table(markets[-1:]).splitlines()[-1], flush=True)

@@ -50,6 +50,7 @@ class WholeMarketFigures:
     symbols: int
     variant: str
     rate: float
+    processes: int = 1
     start_s: float | None = None  # launch -> every book synced (None: not within the timeout)
     cut_s: float | None = None  # mass cut -> every book synced with an update after it
     rest_weight: int = 0
@@ -207,10 +208,17 @@ def run_whole_market(
     rate: float = 10.0,
     variant: str = "partial",
     timeout_s: float = 300.0,
+    processes: int = 1,
 ) -> WholeMarketFigures:
-    """Start ``n`` symbols, wait for every book, cut every connection, wait again."""
+    """Start ``n`` symbols, wait for every book, cut every connection, wait again.
+
+    With ``processes`` > 1 the flow runs as one cluster of that many processes on this host
+    (``python -m flows.launch -n``), which share the IP's weight limit.
+    """
     market = "spot" if spot else "futures"
-    figures = WholeMarketFigures(market, n, variant, rate, weight_limit=6000 if spot else 2400)
+    figures = WholeMarketFigures(
+        market, n, variant, rate, processes, weight_limit=6000 if spot else 2400
+    )
     symbols = [f"W{i:03d}USDT" for i in range(n)]
     with (
         _simulator(symbols, rate, spot) as (sim, ws_url, rest_url, stats),
@@ -225,8 +233,11 @@ def run_whole_market(
         log = Path(tmp) / "flow.log"
         with open(log, "wb") as out:
             launched = time.monotonic()
+            command = [sys.executable, "-m", "bytewax.run", "flows.main"]
+            if processes > 1:
+                command = [sys.executable, "-m", "flows.launch", "-n", str(processes)]
             flow = subprocess.Popen(
-                [sys.executable, "-m", "bytewax.run", "flows.main"],
+                command,
                 cwd=ROOT,
                 env=env,
                 stdout=out,
@@ -249,7 +260,8 @@ def run_whole_market(
                     # Backfills give up at trade_backfill_timeout_s (10 s): wait them out.
                     time.sleep(max(0.0, 12.0 - figures.cut_s))
                 found = _metrics(port)
-                figures.cpu_share = _cpu_seconds(flow.pid) / (time.monotonic() - launched)
+                if processes == 1:  # (the launcher of a cluster does no work itself)
+                    figures.cpu_share = _cpu_seconds(flow.pid) / (time.monotonic() - launched)
                 figures.trades_backfilled = int(found.get("trades_backfilled_total", 0))
                 figures.backfills_given_up = int(found.get("trade_backfill_failures_total", 0))
             finally:
@@ -313,6 +325,8 @@ def table(rows: list[WholeMarketFigures]) -> str:
     lines = [head]
     for r in rows:
         source = "partial depth frames" if r.variant == "partial" else "REST snapshots only"
+        if r.processes > 1:
+            source += f", {r.processes} processes"
         lines.append(
             f"| {r.market} at {r.rate:g} updates/s | {r.symbols} | {source} | {s(r.start_s)} | "
             f"{s(r.cut_s)} | {r.rest_weight:,} ({r.rest_weight_peak:,} / {r.weight_limit:,}) | "
