@@ -61,6 +61,9 @@ class SymbolState:
         self.depth = depth
         self.sync = BookSync(market, max_levels, max_buffer, min_levels=depth)
         self.last_trade_id = last_trade_id
+        # The latest trade time passed on: a replayed trade is never later than it (trade
+        # times need not rise with ids, so the last trade's own time would not do).
+        self.last_trade_time_ms = 0
         self.counts: Counter[str] = Counter()  # outcome name -> events, for metrics and tests
         self.published = False
         self.unknown: str | None = None
@@ -106,10 +109,22 @@ class SymbolState:
         return out
 
     def _on_trade(self, ev: Trade, out: list[OutputEvent]) -> None:
-        if self.last_trade_id is not None and ev.trade_id <= self.last_trade_id:
-            self.counts["trade_duplicate"] += 1  # replayed around a reconnect
-            return
+        last = self.last_trade_id
+        if last is not None and ev.trade_id <= last:
+            if not self.last_trade_time_ms or ev.trade_time_ms <= self.last_trade_time_ms:
+                self.counts["trade_duplicate"] += 1  # replayed around a reconnect
+                return
+            # Later than every trade passed on, yet not a newer id: the exchange's trade ids
+            # went back (restarted or reset). Its trades go on from here.
+            logger.warning(
+                "%s: trade id %d is not above the last one passed on (%d) but is later in "
+                "time: the exchange's trade ids went back; passing its trades on from here",
+                self.symbol, ev.trade_id, last,
+            )  # fmt: skip
+            self.counts["trade_ids_reset"] += 1
         self.last_trade_id = ev.trade_id
+        if ev.trade_time_ms > self.last_trade_time_ms:
+            self.last_trade_time_ms = ev.trade_time_ms
         self.counts["trade"] += 1
         out.append(ev)
 

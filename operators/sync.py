@@ -112,6 +112,14 @@ def too_short(snap: DepthSnapshot, need: int) -> str:
     return ""
 
 
+def ids_went_back(update_id: int, last: int) -> str:
+    """The reason of a resync after the exchange's update ids went back."""
+    return (
+        f"update id {update_id} is not above the book's {last} but is later in time: "
+        "the exchange's ids went back (restarted or reset)"
+    )
+
+
 class BookSync:
     """Keeps one symbol's :class:`OrderBook` in sync with the exchange, by Binance's rules.
 
@@ -238,6 +246,16 @@ class BookSync:
             held.sort(key=lambda s: s.last_update_id)
             del held[:-MAX_HELD]
             return [Step(Outcome.SNAPSHOT_HELD, lid)]
+        applied = self.last_applied
+        if (
+            (base is None or lid < base)
+            and snap.event_time_ms is not None
+            and applied is not None
+            and snap.event_time_ms > applied.event_time_ms
+        ):
+            # Older ids than the book's, yet a later event time: the exchange's ids went back.
+            gap = self._gap(None, ids_went_back(lid, last or 0))
+            return [gap, *self.on_snapshot(snap)]
         if base is None or lid < base:
             reason = (
                 f"lastUpdateId={lid} is older than the updates the live book remembers "
@@ -296,6 +314,11 @@ class BookSync:
         if continues(self.market, ev.first_update_id, ev.prev_final_update_id, last):
             return self._apply(ev, Outcome.APPLIED)
         if final <= last:
+            applied = self.last_applied
+            if applied is not None and ev.event_time_ms > applied.event_time_ms:
+                # A replayed frame repeats its event time; a later one with an id at or below
+                # the book's means the exchange's ids went back (it was restarted or reset).
+                return self._gap(ev, ids_went_back(final, last))
             return Step(Outcome.DUPLICATE, final)
         return self._gap(
             ev, break_reason(self.market, ev.first_update_id, ev.prev_final_update_id, last)

@@ -262,7 +262,10 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                     if tracker is None:
                         continue  # not ours (a stray subscription)
                     if tracker.on_delta(
-                        ev.first_update_id, ev.final_update_id, ev.prev_final_update_id
+                        ev.first_update_id,
+                        ev.final_update_id,
+                        ev.prev_final_update_id,
+                        ev.event_time_ms,
                     ):
                         self._need(ev.symbol, tracker.reason)
                 elif type(ev) is DepthSnapshot:  # a partial depth frame: the top at its u

@@ -29,8 +29,11 @@ def delta(
 
 
 def snapshot(lid: int, bids=(), asks=(), *, t: float = 0.5, limit: int = 1000) -> DepthSnapshot:
-    """A snapshot that holds the whole book unless ``limit`` says it was cut there."""
-    return DepthSnapshot(SYM, lid, tuple(bids), tuple(asks), t, 1234, limit=limit)
+    """A snapshot that holds the whole book unless ``limit`` says it was cut there.
+
+    Its event time follows the deltas' (``u * 10``), as the exchange's does.
+    """
+    return DepthSnapshot(SYM, lid, tuple(bids), tuple(asks), t, lid * 10, limit=limit)
 
 
 def trade(trade_id: int) -> Trade:
@@ -219,3 +222,17 @@ def test_unexpected_events_and_bad_depth_are_refused() -> None:
         state.on_events(["not an event"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="depth must be positive"):
         SymbolState(SYM, 0)
+
+
+def test_trade_ids_that_go_back_while_time_goes_on_restart_the_dedup() -> None:
+    state = SymbolState(SYM, 2)
+    assert len(state.on_events([trade(100), trade(101)])) == 2
+    assert state.on_events([trade(100)]) == []  # replayed: same id, same time
+    restarted = Trade(SYM, 7, 100, 5, 10_000, False, 10_000, 9.0)  # later than any trade so far
+    assert state.on_events([restarted, trade(6)]) == [restarted]  # 6 is older than 7: a repeat
+    assert state.counts["trade_ids_reset"] == 1 and state.last_trade_id == 7
+
+
+def test_after_a_restart_of_the_service_replayed_trades_are_duplicates() -> None:
+    state = SymbolState(SYM, 2, last_trade_id=500)  # resumed: the time of 500 is not known
+    assert state.on_events([Trade(SYM, 499, 100, 5, 10_000, False, 10_000, 9.0)]) == []

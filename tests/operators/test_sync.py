@@ -505,3 +505,33 @@ def test_recorded_streams_match_the_reference(name: str, market: Market) -> None
         assert (sushi.last_id, sushi.applied, sushi.dropped) == (600860425198, 252, 3)
         assert syncs["SUSHIUSDT"].book.best_bid() == (761_200_000, 303 * 10**8)
         assert syncs["SUSHIUSDT"].book.best_ask() == (761_600_000, 267 * 10**8)
+
+
+@pytest.mark.parametrize("market", [F, S])
+def test_ids_that_go_back_while_time_goes_on_are_an_exchange_reset_not_duplicates(
+    market: Market,
+) -> None:
+    sync = BookSync(market)
+    sync.on_snapshot(snap(20))
+    first = d(18, 25, 17) if market is F else d(21, 25)
+    assert sync.on_delta(first).outcome is SY
+    assert sync.on_delta(first).outcome is DU  # a replayed frame: same ids, same event time
+    restarted = DepthDelta("BTCUSDT", 3, 4, 2, 260, ((4, 1),), (), 26.0)  # E 260 > 250
+    step = sync.on_delta(restarted)
+    assert step.outcome is GA and "ids went back" in step.reason
+    assert not sync.synced and list(sync.buffer) == [restarted]
+    # The exchange's new book starts it again.
+    steps = sync.on_snapshot(snap(3 if market is F else 2, bids=[(1, 1)]))
+    assert [s.outcome for s in steps] == [SA, SY] and sync.last_update_id == 4
+
+
+def test_a_snapshot_older_than_the_book_but_later_in_time_restarts_it() -> None:
+    sync = BookSync(F)
+    sync.on_snapshot(snap(20))
+    sync.on_delta(d(18, 25, 17))  # E 250
+    reset = DepthSnapshot("BTCUSDT", 5, ((7, 1),), ((ASK, 1),), 0.0, event_time_ms=900)
+    steps = sync.on_snapshot(reset)
+    assert [s.outcome for s in steps] == [GA, SA] and "ids went back" in steps[0].reason
+    assert sync.last_update_id == 5 and set(sync.book.bids()) == {7}
+    late = DepthSnapshot("BTCUSDT", 19, ((7, 1),), ((ASK, 1),), 0.0, event_time_ms=240)
+    assert [s.outcome for s in BookSync(F).on_snapshot(late)] == [SA]  # nothing to compare
