@@ -154,10 +154,12 @@ def pipelines_yaml(
     redis_url: str,
     prefix: str = "bench:",
     gc: str = "{}",
+    shed_after_s: float = 1.0,
 ) -> str:
     """The flow's config: the simulator's symbols, the order book, the Redis sink.
 
-    ``gc`` is the ``service.gc`` mapping in YAML flow style, e.g. ``{freeze: true}``.
+    ``gc`` is the ``service.gc`` mapping in YAML flow style, e.g. ``{freeze: true}``;
+    ``shed_after_s`` the orderbook's (0: publish every book however far behind).
     """
     return f"""service:
   health: {{enabled: false}}
@@ -174,7 +176,7 @@ pipelines:
       reconnect_delay_ms: 200
       poll_interval_ms: {poll_interval_ms}
       run_for_s: {run_for_s}
-    operators: [{{type: orderbook, depth: 20}}]
+    operators: [{{type: orderbook, depth: 20, shed_after_s: {shed_after_s}}}]
     sinks: [{{type: redis, url: "{redis_url}", channel_prefix: "{prefix}"}}]
 """
 
@@ -355,6 +357,7 @@ def run_case(
     redis_url: str = "redis://127.0.0.1:6379",
     gc: str = "{}",
     premade: int | None = None,
+    shed_after_s: float = 1.0,
 ) -> LiveFigures:
     """Start the simulator and the flow, let the flow run out, summarize its reports.
 
@@ -380,6 +383,7 @@ def run_case(
                 poll_interval_ms=poll_interval_ms,
                 redis_url=redis_url,
                 gc=gc,
+                shed_after_s=shed_after_s,
             )
         )
         rss = run_flow(config, processes, folder, run_for_s + FLOW_GRACE_S)

@@ -165,7 +165,7 @@ def redis_answers() -> bool:
 
 CASES = ("core", "ceiling", "replay", "e2e", "throughput", "premade")
 """The cases run by default."""
-MORE_CASES = ("whole-market",)
+MORE_CASES = ("whole-market", "overload")
 """Cases run only when named (``--cases whole-market``): minutes each."""
 PREMADE_PER_S = 25_000
 """Frames made per symbol for each second of a ``premade`` run (two processes read ~23,000); a
@@ -220,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--whole-market-processes", type=int, default=1, help="processes of one cluster"
     )
+    parser.add_argument(
+        "--overload-rate", type=float, default=15_000, help="updates/s each of 4 symbols"
+    )
     parser.add_argument("--json", default="benchmarks/results/latest.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -258,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if "replay" in cases:
         rows += replay_rows(args, streams, total)
 
-    live_cases = [c for c in ("e2e", "throughput", "premade") if c in cases]
+    live_cases = [c for c in ("e2e", "throughput", "premade", "overload") if c in cases]
     if live_cases and not redis_answers():
         print("no Redis answers at $REDIS_URL or 127.0.0.1:6379: skipping", live_cases)
         live_cases = []
@@ -288,6 +291,16 @@ def main(argv: list[str] | None = None) -> int:
             figures.append(
                 live.throughput_case(n, symbols=args.symbols, warmup_s=warmup_s,
                                      measure_s=measure_s, redis_url=url, premade=premade)
+            )  # fmt: skip
+    if "overload" in live_cases:
+        # More than one process can take: books shed (the default) against every book published.
+        for shed in (1.0, 0.0):
+            how = f"shed_after_s {shed:g}" if shed else "no shedding"
+            case = f"overload: 4 symbols at {args.overload_rate:,.0f}/s each, {how}"
+            figures.append(
+                live.run_case(case, live.throughput_symbols(4), args.overload_rate,
+                              warmup_s=warmup_s, measure_s=measure_s, redis_url=url,
+                              shed_after_s=shed)
             )  # fmt: skip
     if live_cases:
         round_trips.append(live.redis_round_trip(url))

@@ -41,7 +41,8 @@ def _add_pipeline(flow: Dataflow, pipeline: PipelineConfig) -> None:
     prefix = pipeline.step_prefix
     kind = SOURCES.get(pipeline.source.type)
     assert kind is not None  # validated
-    runtime = PipelineRuntime()  # shared by this pipeline's source and operators
+    # Shared by this pipeline's source and operators; a recording's event times are history.
+    runtime = PipelineRuntime(live=pipeline.source.type != "replay")
     source = kind.builder()(pipeline.source, pipeline, runtime=runtime)
     market: Market = getattr(source, "market", Market.FUTURES)
     stream = op.input(f"{prefix}_source", flow, source)

@@ -209,6 +209,7 @@ function draw(v) {
     facts.push("u=" + v.book.last_update_id);
     facts.push("event " + clock(v.book.timestamp) + " UTC");
     facts.push("updated " + v.book.age_s.toFixed(1) + " s ago");
+    facts.push(v.book.lag_s.toFixed(2) + " s behind the exchange");
   }
   $("facts").textContent = facts.join(" | ");
   $("content").className = v.condition === "live" ? "" : "untrusted";

@@ -56,6 +56,12 @@ BOOK_WINDOW_MISSES = Counter(
     "exactly (a fresher snapshot widens them again)",
     ["symbol"],
 )
+BOOKS_SHED = Counter(
+    "books_shed",
+    "Book updates applied but not published because a newer one of the same batch replaced "
+    "them while the flow was behind the exchange (the orderbook operator's shed_after_s)",
+    ["symbol"],
+)
 BOOK_SYNC_SECONDS = Histogram(
     "book_sync_seconds",
     "From the moment a book stops being published (or its first event) until it is published "

@@ -37,6 +37,8 @@ class Expectations:
     stall_after_s: float = 30.0
     process_count: int = 1
     stale_after_s: float = 3.0
+    max_book_age_s: float = 0.0  # see book_problem; 0: off
+    max_book_lag_s: float = 0.0
 
     @classmethod
     def from_config(
@@ -52,8 +54,14 @@ class Expectations:
             pipelines.append(
                 PipelineExpectation(p.name, tuple(symbols) if symbols else None, tuple(labels))
             )
+        health = config.service.health
         return cls(
-            tuple(pipelines), config.service.health.stall_after_s, process_count, stale_after_s
+            tuple(pipelines),
+            health.stall_after_s,
+            process_count,
+            stale_after_s,
+            health.max_book_age_s,
+            health.max_book_lag_s,
         )
 
 
@@ -126,12 +134,32 @@ def sink_problem(label: str, merged: Merged) -> str | None:
     return None
 
 
-def book_problem(book: dict[str, Any] | None) -> str | None:
-    """Why a book is not ready, or None if it is synced."""
+def book_problem(
+    book: dict[str, Any] | None,
+    now: float | None = None,
+    max_age_s: float = 0.0,
+    max_lag_s: float = 0.0,
+) -> str | None:
+    """Why a book is not ready, or None if it is synced and current.
+
+    Current: its last update was published at most ``max_age_s`` before ``now``, and at most
+    ``max_lag_s`` after the exchange's event time of that update (0 turns a check off).
+    """
     if book is None or book["state"] == BookState.AWAITING_SNAPSHOT.value:
         return "awaiting snapshot"
     if book["state"] == BookState.RESYNCING.value:
         return f"resyncing: {book['reason']}" if book["reason"] else "resyncing"
+    at = book.get("last_update_at")
+    if at is None or now is None:
+        return None
+    if max_age_s and now - at > max_age_s:
+        return f"stale: no book published for {now - at:.1f} s (max_book_age_s {max_age_s:g})"
+    event_ms = book.get("last_event_ms")
+    if max_lag_s and event_ms is not None and at - event_ms / 1000 > max_lag_s:
+        return (
+            f"lagging: the last book was published {at - event_ms / 1000:.1f} s after the "
+            f"exchange's event (max_book_lag_s {max_lag_s:g}): the service is behind"
+        )
     return None
 
 
@@ -144,6 +172,13 @@ def link_problem(link: dict[str, Any] | None) -> str | None:
 
 def _age(now: float, t: float | None) -> float | None:
     return None if t is None else round(max(0.0, now - t), 3)
+
+
+def _lag(book: dict[str, Any] | None) -> float | None:
+    """How far behind the exchange's event time the book's last update was published."""
+    if book is None or book.get("last_update_at") is None or book.get("last_event_ms") is None:
+        return None
+    return round(max(0.0, book["last_update_at"] - book["last_event_ms"] / 1000), 3)
 
 
 def ready(expect: Expectations, merged: Merged) -> tuple[bool, dict[str, Any]]:
@@ -170,13 +205,21 @@ def ready(expect: Expectations, merged: Merged) -> tuple[bool, dict[str, Any]]:
         for symbol in symbols:
             book = merged.books.get((p.name, symbol))
             link = merged.links.get((p.name, symbol))
-            problems = [x for x in (book_problem(book), link_problem(link)) if x]
+            problems = [
+                x
+                for x in (
+                    book_problem(book, now, expect.max_book_age_s, expect.max_book_lag_s),
+                    link_problem(link),
+                )
+                if x
+            ]
             details[symbol] = {
                 "ready": not problems and sink_ok,
                 "book": book["state"] if book else BookState.AWAITING_SNAPSHOT.value,
                 "connected": None if link is None else not link["down"],
                 "last_update_id": book["last_update_id"] if book else None,
                 "last_update_age_s": _age(now, book["last_update_at"]) if book else None,
+                "lag_s": _lag(book),
             }
             if problems:
                 not_ready.append(

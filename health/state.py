@@ -50,7 +50,15 @@ class PipelineScope:
 class BookHealth:
     """One symbol's book as its order-book operator last saw it."""
 
-    __slots__ = ("_state", "last_update_at", "last_update_id", "pipeline", "status", "symbol")
+    __slots__ = (
+        "_state",
+        "last_event_ms",
+        "last_update_at",
+        "last_update_id",
+        "pipeline",
+        "status",
+        "symbol",
+    )
 
     def __init__(
         self, pipeline: str, symbol: str, now: float, state: HealthState | None = None
@@ -62,6 +70,7 @@ class BookHealth:
         self.status: tuple[str, str, float] = (BookState.AWAITING_SNAPSHOT.value, "", now)
         self.last_update_at: float | None = None
         self.last_update_id: int | None = None
+        self.last_event_ms: int | None = None  # the exchange's event time of that update
 
     def changed(self, state: BookState, reason: str, now: float) -> None:
         """The book's sync state changed (a ``BookStatus`` was emitted)."""
@@ -70,10 +79,11 @@ class BookHealth:
         if self._state is not None and (was == _SYNCED) != (state.value == _SYNCED):
             self._state._synced_changed(self.pipeline, state.value == _SYNCED, now)
 
-    def updated(self, last_update_id: int, now: float) -> None:
-        """A book update was emitted."""
+    def updated(self, last_update_id: int, now: float, event_time_ms: int | None = None) -> None:
+        """A book update was emitted at ``now`` (for the exchange's event at ``event_time_ms``)."""
         self.last_update_at = now
         self.last_update_id = last_update_id
+        self.last_event_ms = event_time_ms
 
 
 class ConnectionHealth:
@@ -296,6 +306,7 @@ class HealthState:
                 "since": since,
                 "last_update_at": b.last_update_at,
                 "last_update_id": b.last_update_id,
+                "last_event_ms": b.last_event_ms,
             }
         links: dict[str, dict[str, dict[str, Any]]] = {}
         for pipeline, symbols, up, why in connections:

@@ -87,6 +87,14 @@ class Book:
             raise ValueError(f"expected an orderbook payload; got {data!r:.200} ({exc})") from None
 
     @property
+    def lag_s(self) -> float:
+        """How far behind the exchange the book was when written or received.
+
+        ``at`` minus its event time; includes any offset between the exchange's clock and ours.
+        """
+        return max(0.0, self.at - self.event_time_ms / 1000)
+
+    @property
     def spread(self) -> float | None:
         """Best ask minus best bid, or None if a side is empty."""
         if not self.bids or not self.asks:
@@ -248,6 +256,12 @@ class BookView:
         if age > self.stale_after_s:
             hint = "" if self.status_known else " (this source carries no sync status)"
             return Headline(Condition.STALE, f"no update of {sym} for {age:.1f} s{hint}")
+        lag = self.book.lag_s
+        if lag > self.stale_after_s:
+            return Headline(
+                Condition.STALE,
+                f"{sym} is {lag:.1f} s behind the exchange: the service is falling behind",
+            )
         return Headline(Condition.LIVE, f"{sym} is synced and updating")
 
     def to_dict(self, now: float, levels: int = LEVELS_SHOWN) -> dict[str, Any]:
@@ -283,6 +297,7 @@ class BookView:
                 "last_update_id": book.last_update_id,
                 "timestamp": book.event_time_ms,
                 "age_s": round(max(0.0, now - book.at), 3),
+                "lag_s": round(book.lag_s, 3),
                 "spread": book.spread,
                 "mid": book.mid,
             }
@@ -345,6 +360,7 @@ def render(view: BookView, now: float, levels: int = LEVELS_SHOWN) -> Renderable
         facts.append(f" | u={book.last_update_id}")
         facts.append(f" | event {clock_ms(book.event_time_ms)} UTC")
         facts.append(f" | updated {max(0.0, now - book.at):.1f} s ago")
+        facts.append(f" | {book.lag_s:.2f} s behind the exchange")
     if view.errors:
         facts.append(f" | {view.errors} unreadable payload(s)", style="red")
 

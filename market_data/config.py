@@ -59,6 +59,11 @@ class HealthSettings(_Strict):
     port: Annotated[int, Field(ge=0, le=65535)] = 9090
     enabled: bool = True
     stall_after_s: Annotated[float, Field(gt=0)] = 30.0
+    # /ready: a synced book whose last update was published longer ago than this is stale (a
+    # symbol that stopped updating), one published further behind the exchange's event time
+    # than max_book_lag_s is lagging (the service is behind). 0 turns a check off.
+    max_book_age_s: Annotated[float, Field(ge=0)] = 10.0
+    max_book_lag_s: Annotated[float, Field(ge=0)] = 2.0
     # Several processes of one cluster share metrics and readiness through this directory;
     # default: $PROMETHEUS_MULTIPROC_DIR, else a temp directory named after the cluster.
     shared_dir: str | None = None

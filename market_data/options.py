@@ -133,6 +133,10 @@ class OrderBookOptions(Options):
     depth: PositiveInt = 20
     max_levels: PositiveInt = 5000
     max_buffer: PositiveInt = 10000
+    # When a batch's newest event is further behind the exchange's event time than this (the
+    # flow has fallen behind), publish only the last book of each run of updates; every update
+    # is still applied (books_shed_total counts what was left out). 0: never.
+    shed_after_s: Annotated[float, Field(ge=0)] = 1.0
 
 
 class RedisSinkOptions(Options):

@@ -62,6 +62,11 @@ class BookWants:
 
 @dataclass
 class PipelineRuntime:
-    """One pipeline's shared run-time objects (one per process, built by ``flows.build``)."""
+    """One pipeline's shared run-time objects (one per process, built by ``flows.build``).
+
+    ``live``: the source follows an exchange now (not a recording), so how far events lag the
+    exchange's clock says whether the flow is behind (see the orderbook's ``shed_after_s``).
+    """
 
     wants: BookWants = field(default_factory=BookWants)
+    live: bool = False

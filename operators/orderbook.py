@@ -88,8 +88,17 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
             )
             self.health = STATE.book(self.step_id, state.symbol)
             m = self.metrics = _Metrics(state.symbol)
-        out = state.on_events(values)
+        shed_after_s = self.options.shed_after_s
+        conflate = False
+        if shed_after_s:
+            event_ms = getattr(values[-1], "event_time_ms", None)
+            conflate = event_ms is not None and time.time() - event_ms / 1000 > shed_after_s
+        out = state.on_events(values, conflate)
         _export_metrics(m, values, out, self.health)
+        shed = state.counts["shed"]
+        if shed != m.shed_seen:
+            m.shed.inc(shed - m.shed_seen)
+            m.shed_seen = shed
         misses = state.counts["window_miss"]  # blips within a batch leave no status: count here
         if misses != m.window_misses_seen:
             m.window_misses.inc(misses - m.window_misses_seen)
@@ -122,6 +131,8 @@ class _Metrics:
         "errors",
         "gaps",
         "processed",
+        "shed",
+        "shed_seen",
         "symbol",
         "sync_seconds",
         "trades",
@@ -138,6 +149,8 @@ class _Metrics:
         self.gaps = metrics.SEQUENCE_ERRORS.labels(symbol)
         self.window_misses = metrics.BOOK_WINDOW_MISSES.labels(symbol)
         self.window_misses_seen = 0
+        self.shed = metrics.BOOKS_SHED.labels(symbol)
+        self.shed_seen = 0
         self.audit_mismatches = metrics.BOOK_AUDIT_MISMATCHES.labels(symbol)
         self.sync_seconds = metrics.BOOK_SYNC_SECONDS.labels(symbol)
 
@@ -188,7 +201,7 @@ def _export_metrics(
                 health.changed(ev.state, ev.reason, now)
     STATE.processed_at = now
     if health is not None and last_book is not None:
-        health.updated(last_book.last_update_id, now)
+        health.updated(last_book.last_update_id, now, last_book.event_time_ms)
     if books:
         m.books.inc(books)
     if trades:
@@ -223,6 +236,8 @@ def apply(
     # key_on + key_rm cost ~3 µs an item in a replay flow doing ~60 µs of work per item.
     keyed = op.flat_map_batch(f"{step_id}_by_symbol", up, _Router(f"{step_id}_by_symbol"))
     wants = runtime.wants if runtime is not None else None
+    if runtime is None or not runtime.live:  # a recording's event times are history
+        options = options.model_copy(update={"shed_after_s": 0.0})
     books = op.stateful_batch(step_id, keyed, _Builder(options, market, step_id, wants))
     return op.flat_map_batch(f"{step_id}_unkey", books, _values)
 

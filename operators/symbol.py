@@ -73,8 +73,14 @@ class SymbolState:
         self._blip: tuple[list[OutputEvent], int] | None = None
         self._untold: str | None = None  # a window miss of this batch, to log at its end
 
-    def on_events(self, events: Iterable[SourceEvent]) -> list[OutputEvent]:
-        """Handle a batch of this symbol's events in order; return what to emit."""
+    def on_events(self, events: Iterable[SourceEvent], conflate: bool = False) -> list[OutputEvent]:
+        """Handle a batch of this symbol's events in order; return what to emit.
+
+        With ``conflate`` (the flow is behind: see :mod:`operators.orderbook`), every update is
+        applied, but of the views between two statuses only the last is emitted: books are
+        states, and the newest is what a consumer of a late book needs. ``counts["shed"]``
+        counts the views left out.
+        """
         out: list[OutputEvent] = []
         sync = self.sync
         for ev in events:
@@ -100,6 +106,8 @@ class SymbolState:
                 self.counts[type(ev).__name__] += 1
             else:
                 raise TypeError(f"SymbolState got an unexpected event {ev!r}")
+        if conflate and len(out) > 1:
+            out = self._conflated(out)
         self._blip = None  # a miss that outlasts the batch was reported
         if self._untold is not None:
             n = self._seen.note("window")
@@ -107,6 +115,23 @@ class SymbolState:
                 logger.info("%s: not published (#%d): %s", self.symbol, n, self._untold)
             self._untold = None
         return out
+
+    def _conflated(self, out: list[OutputEvent]) -> list[OutputEvent]:
+        """``out`` without the views that a later view replaces before the next status."""
+        kept: list[OutputEvent] = []
+        replaced = False  # a later view, with no status between, follows the one looked at
+        for ev in reversed(out):
+            t = type(ev)
+            if t is BookUpdate:
+                if replaced:
+                    self.counts["shed"] += 1
+                    continue
+                replaced = True
+            elif t is BookStatus:
+                replaced = False
+            kept.append(ev)
+        kept.reverse()
+        return kept
 
     def _on_trade(self, ev: Trade, out: list[OutputEvent]) -> None:
         last = self.last_trade_id

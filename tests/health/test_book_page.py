@@ -42,7 +42,7 @@ def book(u: int, symbol: str = "BTCUSDT") -> bytes:
             "bids": [[50000.0 - i / 10, 1.0 + i] for i in range(15)],
             "asks": [[50000.1 + i / 10, 0.5 + i] for i in range(15)],
             "last_update_id": u,
-            "timestamp": 1_700_000_000_000 + u,
+            "timestamp": int(time.time() * 1000),  # just now: not behind the exchange
         }
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from health import report
 from health.report import Expectations, PipelineExpectation, health, merge, ready
 from health.state import HealthState, PipelineScope
 from market_data.events import BookState
@@ -242,6 +243,7 @@ def test_reports_of_several_processes_are_merged():
         "connected": True,
         "last_update_id": None,
         "last_update_age_s": None,
+        "lag_s": None,
     }
 
 
@@ -323,3 +325,25 @@ def test_a_process_that_never_reports_is_unhealthy_only_after_a_grace_period():
         started_at=T0,
     )
     assert not ok and body["problems"] == ["process 1: no report yet"]
+
+
+@pytest.mark.parametrize(
+    ("published_at", "event_s", "problem"),
+    [
+        (99.5, 99.4, None),  # half a second ago, 0.1 s after the exchange's event
+        (85.0, 84.9, "stale: no book published for 15.0 s (max_book_age_s 10)"),
+        (99.5, 96.5, "lagging: the last book was published 3.0 s after the exchange's event"),
+    ],
+)
+def test_a_synced_book_that_stopped_or_lags_is_not_ready(
+    published_at: float, event_s: float, problem: str | None
+) -> None:
+    book = {
+        "state": "synced",
+        "reason": "",
+        "last_update_at": published_at,
+        "last_event_ms": int(event_s * 1000),
+    }
+    found = report.book_problem(book, 100.0, max_age_s=10.0, max_lag_s=2.0)
+    assert (found is None) if problem is None else (found or "").startswith(problem)
+    assert report.book_problem(book, 100.0) is None  # both checks off

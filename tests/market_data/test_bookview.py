@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -48,6 +49,12 @@ def status(state: str, reason: str = ""):
         ([("status", status("awaiting_snapshot"), T0)], T0, Condition.SYNCING, "snapshot"),
         ([("book", book(), T0)], T0 + 1, Condition.LIVE, "synced and updating"),
         ([("book", book(), T0)], T0 + 5.5, Condition.STALE, "no update of BTCUSDT for 5.5 s"),
+        (  # published 12 s after the exchange's event: the service is behind
+            [("book", book(), T0 + 12)],
+            T0 + 12.1,
+            Condition.STALE,
+            "BTCUSDT is 11.9 s behind the exchange",
+        ),
         (
             [("book", book(), T0), ("status", status("resyncing", "gap: pu 7 != 6"), T0 + 1)],
             T0 + 1.1,
@@ -218,7 +225,8 @@ def test_cli_prints_the_ladder_of_a_live_ring_and_exits_0(ring):
     from sinks.shm_format import RecordType
 
     name, writer = ring
-    writer.write(RecordType.BOOK, "BTCUSDT", orjson.dumps(book(77)))
+    live = {**book(77), "timestamp": int(time.time() * 1000)}  # not behind the exchange
+    writer.write(RecordType.BOOK, "BTCUSDT", orjson.dumps(live))
     writer.write(RecordType.TRADE, "BTCUSDT", orjson.dumps(trade(5)))
     done = run_cli("book", "btcusdt", "--name", name, "--once", "--exit-after", "5")
     assert done.returncode == 0, done.stderr

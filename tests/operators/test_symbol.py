@@ -236,3 +236,24 @@ def test_trade_ids_that_go_back_while_time_goes_on_restart_the_dedup() -> None:
 def test_after_a_restart_of_the_service_replayed_trades_are_duplicates() -> None:
     state = SymbolState(SYM, 2, last_trade_id=500)  # resumed: the time of 500 is not known
     assert state.on_events([Trade(SYM, 499, 100, 5, 10_000, False, 10_000, 9.0)]) == []
+
+
+def test_conflated_batches_publish_the_last_book_of_each_run_and_every_status() -> None:
+    state = synced_state(depth=1)
+    batch = [
+        delta(22, 23, 21, [(100, 2)]),
+        delta(24, 25, 23, [(100, 3)]),
+        trade(7),
+        delta(26, 27, 25, [(100, 4)]),
+        delta(40, 41, 30),  # a gap: the book is dropped
+    ]
+    out = state.on_events(batch, conflate=True)
+    assert [type(o).__name__ for o in out] == ["Trade", "BookUpdate", "BookStatus"]
+    assert out[1].last_update_id == 27 and out[1].bids == ((100, 4),)  # type: ignore[union-attr]
+    assert state.counts["shed"] == 2 and state.counts["applied"] == 3  # every update applied
+    assert [type(o).__name__ for o in state.on_events([snapshot(41, BIDS, ASKS)])] == [
+        "BookStatus",  # synced again: the buffered gap event joins the snapshot
+        "BookUpdate",
+    ]
+    out = state.on_events([delta(42, 43, 41), delta(44, 45, 43)])  # not behind: every view
+    assert [type(o).__name__ for o in out] == ["BookUpdate", "BookUpdate"]

@@ -27,7 +27,7 @@ def book(u: int, symbol: str = "BTCUSDT", bid: float = 50000.0) -> bytes:
             "bids": [[bid, 1.5], [bid - 0.1, 2.0]],
             "asks": [[bid + 0.1, 0.5]],
             "last_update_id": u,
-            "timestamp": 1_700_000_000_000 + u,
+            "timestamp": int(time.time() * 1000),  # just now: not behind the exchange
         }
     )
 
