@@ -264,6 +264,24 @@ def _cross_checks(
             errors.append(
                 f"pipelines[{i}].operators: expected exactly one orderbook operator; got {kinds}"
             )
+        # A book never publishes levels it cannot know exactly: more than it keeps, or more
+        # than a snapshot gives it, would never be published.
+        limit = getattr(p.source, "snapshot_limit", None)
+        for j, o in enumerate(p.operators):
+            depth = getattr(o, "depth", None)
+            if depth is None:
+                continue
+            max_levels = getattr(o, "max_levels", depth)
+            if depth > max_levels:
+                errors.append(
+                    f"pipelines[{i}].operators[{j}].depth: expected at most max_levels "
+                    f"({max_levels}), the levels a side the book keeps; got {depth}"
+                )
+            if limit is not None and depth > limit:
+                errors.append(
+                    f"pipelines[{i}].operators[{j}].depth: expected at most the source's "
+                    f"snapshot_limit ({limit}), the levels a snapshot gives the book; got {depth}"
+                )
 
 
 def _interpolate(value: Any, at: str, env: dict[str, str], errors: list[str]) -> Any:

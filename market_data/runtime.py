@@ -31,8 +31,9 @@ class BookWants:
     """Symbols whose books wait for a snapshot, posted by the operator, read by the source.
 
     Safe across a process's worker threads without a lock: every change is one dict operation
-    and one ``next()`` of a counter, both atomic under the GIL. ``version`` changes with every
-    post, so a reader rescans only when something changed.
+    and one ``next()`` of a counter, each atomic under the GIL. ``version`` takes a value never
+    used before at every change (not necessarily a larger one: two threads may store theirs in
+    either order), so a reader that rescans when it differs from the one it saw misses nothing.
     """
 
     def __init__(self) -> None:

@@ -205,7 +205,14 @@ class OrderBook:
         return differed
 
     def restrict(self, bid_floor: int | None, ask_ceiling: int | None) -> None:
-        """Forget every level outside ``bid_floor``..``ask_ceiling``; that is the window now."""
+        """Forget every level outside ``bid_floor``..``ask_ceiling``, and narrow the window to it.
+
+        Narrow only: where the book already knew less (levels pruned since), it stays so.
+        """
+        if bid_floor is None or (self.bid_floor is not None and self.bid_floor > bid_floor):
+            bid_floor = self.bid_floor
+        if ask_ceiling is None or (self.ask_ceiling is not None and self.ask_ceiling < ask_ceiling):
+            ask_ceiling = self.ask_ceiling
         if bid_floor is not None:
             for price in list(self._bid_keys.irange(maximum=bid_floor, inclusive=(True, False))):
                 del self._bids[price]

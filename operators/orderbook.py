@@ -68,6 +68,8 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
         # Whether the book was unpublished after the last batch (a new one is: its first
         # publication is timed too; the source asks for its first snapshot by itself).
         self.unpublished = True
+        self.posted = False  # whether ``wants`` holds this symbol
+        self.was_published = False
         self.unpublished_since = time.time()  # for the time a book takes to (re)sync
         self.state: SymbolState | None = None
         self.health: BookHealth | None = None
@@ -103,18 +105,28 @@ class BookLogic(StatefulBatchLogic[SourceEvent, OutputEvent, _Resume]):
         if misses != m.window_misses_seen:
             m.window_misses.inc(misses - m.window_misses_seen)
             m.window_misses_seen = misses
-        if state.published is self.unpublished:  # it changed: time it, tell the source
+        published = state.published
+        if published is self.unpublished:  # it changed: time it
             now = time.time()
-            if state.published:
+            if published:
                 m.sync_seconds.observe(max(0.0, now - self.unpublished_since))
-                if self.wants is not None:
-                    self.wants.clear(state.symbol)
             else:
                 self.unpublished_since = now
-                if self.wants is not None:
-                    window = state.unknown is not None
-                    self.wants.post(state.symbol, state.unknown or "not synced", now, window)
-            self.unpublished = not state.published
+            self.unpublished = not published
+        wants = self.wants
+        if wants is not None:
+            # Tell the source about a book held back that it cannot see: a live book whose top
+            # left its window (also one never published yet), or one that was published.
+            want = not published and (state.unknown is not None or self.was_published)
+            if want is not self.posted:
+                if want:
+                    reason = state.unknown or "not synced"
+                    wants.post(state.symbol, reason, time.time(), state.unknown is not None)
+                else:
+                    wants.clear(state.symbol)
+                self.posted = want
+        if published:
+            self.was_published = True
         return out, StatefulBatchLogic.RETAIN
 
     @override

@@ -229,9 +229,10 @@ class BookSync:
                 steps.append(self._merge(held.pop(0)))
             return steps
         if self.last_update_id is None:
-            newest = held.pop()
+            # The newest that can start a book (a 20-level frame cannot start a deeper one).
+            usable = [h for h in held if not too_short(h, self.min_levels)]
             held.clear()
-            return self.on_snapshot(newest)
+            return self.on_snapshot(usable[-1]) if usable else []
         return []
 
     def reset(self, reason: str) -> Step:
@@ -268,19 +269,26 @@ class BookSync:
         lid = snap.last_update_id
         newer_bids: set[int] = set()
         newer_asks: set[int] = set()
+        newer: list[DepthDelta] = []
         for ev in reversed(self.history):
             if ev.final_update_id <= lid:
                 break
+            newer.append(ev)
             newer_bids.update([level[0] for level in ev.bids])
             newer_asks.update([level[0] for level in ev.asks])
         floor, ceiling = snap.window()
         book = self.book
         differed = book.overlay(snap.bids, snap.asks, floor, ceiling, newer_bids, newer_asks)
+        if differed:
+            # The book was wrong somewhere it claimed to know: keep only what the snapshot
+            # vouches for.
+            book.restrict(floor, ceiling)
+        # The prices set after the snapshot take their quantities from those updates, not from
+        # the book, which may have pruned them since (or just restricted them away).
+        for ev in reversed(newer):
+            book.apply(ev.bids, ev.asks)
         if not differed:
             return Step(Outcome.SNAPSHOT_MERGED, lid)
-        # The book was wrong somewhere it claimed to know: keep only what the snapshot vouches
-        # for (and what newer updates set inside it).
-        book.restrict(floor, ceiling)
         return Step(
             Outcome.AUDIT_MISMATCH,
             lid,
@@ -331,7 +339,9 @@ class BookSync:
         self.last_applied = ev
         history = self.history
         history.append(ev)
-        if len(history) > HISTORY_EVENTS or history[0].recv_time < ev.recv_time - HISTORY_S:
+        if len(history) > HISTORY_EVENTS:
+            self.base = history.popleft().final_update_id
+        while history[0].recv_time < ev.recv_time - HISTORY_S:  # (the last one never is)
             self.base = history.popleft().final_update_id
         if book.is_crossed():
             bid, ask = book.best_bid(), book.best_ask()

@@ -299,10 +299,11 @@ class _BinancePartition(StatefulSourcePartition[SourceEvent, None]):
                 self._on_conn(item[1], out)
         if out:
             STATE.processed_at = time.time()
-        if self._due and not queue and time.monotonic() >= self._next_due:
-            # Only with nothing received left to process: a worker that is behind has the
-            # partial depth frame that would start the book waiting in its queue.
-            self._run_due()
+        if self._due and (not queue or not self._partial_seeds):
+            # With partial frames, only with nothing received left to process: a worker that
+            # is behind has the frame that would start the book waiting in its queue.
+            if time.monotonic() >= self._next_due:
+                self._run_due()
         if len(queue) != self._backlog_reported:
             self._backlog_reported = len(queue)
             self._backlog.set(self._backlog_reported)

@@ -406,3 +406,21 @@ def test_empty_env_value_is_kept_by_plain_reference_and_replaced_by_default() ->
     pipe = config.pipelines[0]
     assert pipe.source.path == "x.jsonl"  # type: ignore[attr-defined]
     assert pipe.sinks[0].url == "redis://127.0.0.1:6379"  # type: ignore[attr-defined]
+
+
+def test_a_depth_the_book_could_never_publish_is_a_configuration_error(tmp_path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        """
+pipelines:
+  - name: p
+    source: {type: binance_futures, symbols: [BTCUSDT], snapshot_limit: 50}
+    operators: [{type: orderbook, depth: 100, max_levels: 80}]
+    sinks: [{type: stdout}]
+"""
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path))
+    text = str(info.value)
+    assert "operators[0].depth: expected at most max_levels (80)" in text
+    assert "operators[0].depth: expected at most the source's snapshot_limit (50)" in text

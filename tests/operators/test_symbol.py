@@ -14,6 +14,7 @@ from market_data.events import (
     Ignored,
     Market,
     ResyncRequest,
+    SourceEvent,
     StatusCause,
     Trade,
 )
@@ -240,7 +241,7 @@ def test_after_a_restart_of_the_service_replayed_trades_are_duplicates() -> None
 
 def test_conflated_batches_publish_the_last_book_of_each_run_and_every_status() -> None:
     state = synced_state(depth=1)
-    batch = [
+    batch: list[SourceEvent] = [
         delta(22, 23, 21, [(100, 2)]),
         delta(24, 25, 23, [(100, 3)]),
         trade(7),
